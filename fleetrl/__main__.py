@@ -1,0 +1,5 @@
+import sys
+
+from fleetrl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,219 @@
+"""PPO state, policy and learning step: pure functions built by ``make(run, spec)``."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import struct
+
+from fleetrl import distributions as D
+from fleetrl.algos.ppo import losses
+from fleetrl.nets import MLP, GaussianHead
+from fleetrl.normalize import RunningStats
+from fleetrl.returns import gae
+from fleetrl.types import Algorithm, Array, EnvSpec, Metrics, Rollout
+
+
+@struct.dataclass
+class PPOState:
+    params: dict[str, Any]
+    """{"actor": ..., "critic": ...}: separate networks, one optimizer."""
+    opt_state: Any
+    obs_stats: RunningStats
+    return_stats: RunningStats
+    discounted_return: Array
+    """[N] running discounted return per env, for reward scaling."""
+    kl_penalty: Array
+    """Adaptive KL penalty coefficient (objective=kl_penalty)."""
+    iteration: Array
+
+
+def _distribution(spec: EnvSpec):
+    """(sample, mode, log_prob, entropy, kl) over the actor's output for this action space."""
+    if spec.action_kind == "discrete":
+        return (
+            D.categorical_sample,
+            lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32),
+            D.categorical_log_prob,
+            D.categorical_entropy,
+            D.categorical_kl,
+        )
+    shape = spec.action_shape
+
+    def sample(out, key):
+        mean, log_std = out
+        return D.normal_sample(mean, log_std, key).reshape(mean.shape[:-1] + shape)
+
+    return (
+        sample,
+        lambda out: out[0].reshape(out[0].shape[:-1] + shape),
+        lambda out, action: D.normal_log_prob(*out, action.reshape(out[0].shape)),
+        lambda out: D.normal_entropy(out[1]),
+        lambda p, q: D.normal_kl(p[0], p[1], q[0], q[1]),
+    )
+
+
+def make(run, spec: EnvSpec) -> Algorithm:
+    """Build PPO's ``init``, ``policy`` and ``learn`` for ``run`` (a RunConfig) and ``spec``."""
+    cfg = run.algo
+    if spec.action_kind == "discrete":
+        actor = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, out_gain=0.01)
+    else:
+        size = math.prod(spec.action_shape)
+        actor = GaussianHead(cfg.hidden_sizes, size, cfg.activation, cfg.init_log_std)
+    critic = MLP(cfg.hidden_sizes, 1, cfg.activation, out_gain=1.0)
+    sample, mode, log_prob, entropy, kl_divergence = _distribution(spec)
+    updates_per_iteration = cfg.num_epochs * cfg.num_minibatches
+    if cfg.anneal_lr:
+        learning_rate = optax.linear_schedule(
+            cfg.learning_rate, 0.0, run.num_iterations * updates_per_iteration
+        )
+    else:
+        learning_rate = optax.constant_schedule(cfg.learning_rate)
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(learning_rate, eps=1e-5)
+    )
+
+    def observe(state: PPOState, obs: Array) -> Array:
+        if cfg.normalize_observations:
+            return state.obs_stats.normalize(obs, cfg.obs_clip)
+        return obs
+
+    def init(key: Array) -> PPOState:
+        actor_key, critic_key = jax.random.split(key)
+        dummy = jnp.zeros((1,) + spec.observation_shape, jnp.float32)
+        params = {"actor": actor.init(actor_key, dummy), "critic": critic.init(critic_key, dummy)}
+        return PPOState(
+            params=params,
+            opt_state=optimizer.init(params),
+            obs_stats=RunningStats.create(spec.observation_shape),
+            return_stats=RunningStats.create(()),
+            discounted_return=jnp.zeros((spec.num_envs,), jnp.float32),
+            kl_penalty=jnp.float32(cfg.kl_init_penalty),
+            iteration=jnp.int32(0),
+        )
+
+    def policy(state: PPOState, obs: Array, key: Array, explore: bool = True):
+        out = actor.apply(state.params["actor"], observe(state, obs))
+        if not explore:
+            return mode(out), {}
+        action = sample(out, key)
+        return action, {"log_prob": log_prob(out, action)}
+
+    def scale_rewards(state: PPOState, rollout: Rollout) -> tuple[Array, RunningStats, Array]:
+        """Scale rewards by the running std of the discounted return (as SB3's VecNormalize)."""
+        if not cfg.normalize_rewards:
+            return rollout.reward, state.return_stats, state.discounted_return
+
+        def accumulate(ret, xs):
+            reward, done = xs
+            ret = ret * cfg.gamma + reward
+            return jnp.where(done, 0.0, ret), ret
+
+        discounted, returns = jax.lax.scan(
+            accumulate, state.discounted_return, (rollout.reward, rollout.done)
+        )
+        stats = state.return_stats.update(returns)
+        return stats.scale(rollout.reward, cfg.reward_clip), stats, discounted
+
+    def loss_fn(params, batch: dict[str, Any], penalty: Array) -> tuple[Array, Metrics]:
+        out = actor.apply(params["actor"], batch["obs"])
+        new_log_prob = log_prob(out, batch["action"])
+        advantages = batch["advantages"]
+        if cfg.normalize_advantages:
+            advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+        if cfg.objective == "clip":
+            policy_loss, metrics = losses.clipped_surrogate(
+                new_log_prob, batch["log_prob"], advantages, cfg.clip_eps
+            )
+        else:
+            kl = kl_divergence(batch["old_out"], out)
+            policy_loss, metrics = losses.kl_penalized_surrogate(
+                new_log_prob, batch["log_prob"], advantages, kl, penalty,
+                cfg.kl_cutoff_factor * cfg.kl_target, cfg.kl_cutoff_coef,
+            )
+        value = critic.apply(params["critic"], batch["obs"])[:, 0]
+        value_loss = losses.value_loss(value, batch["returns"])
+        entropy_mean = jnp.mean(entropy(out))
+        log_ratio = new_log_prob - batch["log_prob"]
+        # k3 estimator of KL(old || new) (Schulman, "Approximating KL divergence", 2020)
+        approx_kl = jnp.mean(jnp.exp(log_ratio) - 1.0 - log_ratio)
+        total = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
+        metrics = {
+            "losses/policy_loss": policy_loss,
+            "losses/value_loss": value_loss,
+            "losses/entropy": entropy_mean,
+            "losses/approx_kl": approx_kl,
+            **{f"losses/{k}": v for k, v in metrics.items()},
+        }
+        return total, metrics
+
+    def learn(state: PPOState, rollout: Rollout, key: Array) -> tuple[PPOState, Metrics]:
+        """Advantages (GAE, truncation bootstrapped), then epochs x minibatches of Adam."""
+        num_steps, num_envs = rollout.reward.shape
+        batch_size = num_steps * num_envs
+        obs = observe(state, rollout.obs)
+        next_obs = observe(state, rollout.next_obs)
+        reward, return_stats, discounted = scale_rewards(state, rollout)
+        both = jnp.concatenate([obs, next_obs]).reshape((2 * batch_size,) + spec.observation_shape)
+        values = critic.apply(state.params["critic"], both)[:, 0].reshape(2, num_steps, num_envs)
+        advantages, returns = gae(
+            reward, values[0], values[1], rollout.terminated, rollout.truncated,
+            cfg.gamma, cfg.gae_lambda,
+        )
+        flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
+        batch = {
+            "obs": flat(obs),
+            "action": flat(rollout.action),
+            "log_prob": flat(rollout.extras["log_prob"]),
+            "advantages": flat(advantages),
+            "returns": flat(returns),
+        }
+        if cfg.objective == "kl_penalty":
+            batch["old_out"] = actor.apply(state.params["actor"], batch["obs"])
+
+        def minibatch_step(carry, minibatch):
+            params, opt_state = carry
+            grads, metrics = jax.grad(loss_fn, has_aux=True)(params, minibatch, state.kl_penalty)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            metrics["losses/grad_norm"] = optax.global_norm(grads)
+            return (optax.apply_updates(params, updates), opt_state), metrics
+
+        def epoch(carry, epoch_key):
+            order = jax.random.permutation(epoch_key, batch_size)
+            shuffled = jax.tree.map(
+                lambda x: x[order].reshape((cfg.num_minibatches, -1) + x.shape[1:]), batch
+            )
+            return jax.lax.scan(minibatch_step, carry, shuffled)
+
+        (params, opt_state), metrics = jax.lax.scan(
+            epoch, (state.params, state.opt_state), jax.random.split(key, cfg.num_epochs)
+        )
+        metrics = jax.tree.map(jnp.mean, metrics)
+        penalty = state.kl_penalty
+        if cfg.objective == "kl_penalty":
+            new_out = actor.apply(params["actor"], batch["obs"])
+            kl = jnp.mean(kl_divergence(batch["old_out"], new_out))
+            penalty = losses.adapt_kl_penalty(penalty, kl, cfg.kl_target)
+            metrics["train/kl_penalty"] = penalty
+            metrics["train/kl"] = kl
+        metrics["train/learning_rate"] = learning_rate(state.iteration * updates_per_iteration)
+        obs_stats = state.obs_stats
+        if cfg.normalize_observations:
+            obs_stats = obs_stats.update(rollout.obs)
+        new_state = PPOState(
+            params=params,
+            opt_state=opt_state,
+            obs_stats=obs_stats,
+            return_stats=return_stats,
+            discounted_return=discounted,
+            kl_penalty=penalty,
+            iteration=state.iteration + 1,
+        )
+        return new_state, metrics
+
+    return Algorithm(init=init, policy=policy, learn=learn)

@@ -1,0 +1,280 @@
+"""Run configuration: frozen dataclasses, YAML presets and command-line overrides.
+
+A preset is a YAML file (read with ``yaml.safe_load``) with the sections of ``RunConfig``::
+
+    description: one line shown by `fleetrl presets`
+    reaches: the return it reaches and within what budget
+    algorithm: ppo
+    env: {id: CartPole-v1, num_envs: 4}
+    train: {total_steps: 100000, ...}
+    algo: {learning_rate: 0.00025, ...}     # the algorithm's own config
+
+Every field can be overridden on the command line as ``--section.key value`` (tyro). The resolved
+``config.yaml`` of a run has the same format, so it is itself a preset.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib.resources
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad preset, override or value; the message names the field."""
+
+
+def require(condition: bool, name: str, message: str) -> None:
+    """Raise a ``ConfigError`` naming ``name`` unless ``condition``."""
+    if not condition:
+        raise ConfigError(f"{name}: {message}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """Which environment, and how many copies are stepped as one batch."""
+
+    id: str = "CartPole-v1"
+    """Environment id (a gymnax id for the gymnax backend)."""
+    backend: Literal["gymnax"] = "gymnax"
+    """Where the env runs: gymnax (pure JAX, inside the compiled program)."""
+    num_envs: int = 4
+    """Number of envs stepped as one batch (per seed)."""
+
+    def __post_init__(self):
+        require(self.num_envs >= 1, "env.num_envs", f"must be >= 1, got {self.num_envs}")
+        require(bool(self.id), "env.id", "must not be empty")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Budget, schedule and seeds of a run."""
+
+    total_steps: int = 500_000
+    """Environment steps per seed (rounded up to whole iterations)."""
+    num_steps: int = 128
+    """Steps per env in one rollout; one iteration = num_envs x num_steps env steps."""
+    seed: int = 0
+    """Seed of the first run; seed i of num_seeds uses seed + i."""
+    num_seeds: int = 1
+    """Independent seeds trained in one compiled program (vmap)."""
+    log_every: int = 10_000
+    """Env steps between returns to Python to log and update the progress bar."""
+    eval_every: int = 10_000
+    """Env steps between evaluations (0: only at the end)."""
+    eval_episodes: int = 10
+    """Episodes per evaluation, on separately seeded envs, deterministic policy."""
+    checkpoint_every: int = 100_000
+    """Env steps between checkpoints (0: only at the end)."""
+    stop_at_return: float | None = None
+    """Stop early once the evaluation return of every seed reaches this value."""
+
+    def __post_init__(self):
+        for name in ("total_steps", "num_steps", "num_seeds", "log_every", "eval_episodes"):
+            value = getattr(self, name)
+            require(value >= 1, f"train.{name}", f"must be >= 1, got {value}")
+        for name in ("eval_every", "checkpoint_every"):
+            value = getattr(self, name)
+            require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
+        require(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    """Where a run writes and what it shows."""
+
+    root: str = "runs"
+    """Folder under which run directories are created."""
+    run_dir: str | None = None
+    """Exact run directory (default: <root>/<preset>__s<seed>__<timestamp>)."""
+    tensorboard: bool = True
+    """Write TensorBoard events under <run_dir>/tb."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+A = TypeVar("A")
+
+
+@dataclass(frozen=True)
+class RunConfig(Generic[A]):
+    """Everything a run needs; resolved and saved as ``config.yaml`` in the run directory."""
+
+    algorithm: str
+    """Algorithm name (ppo, dqn)."""
+    algo: A
+    """The algorithm's own configuration."""
+    env: EnvConfig = field(default_factory=EnvConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    preset: str = "custom"
+    """Name of the preset this run came from."""
+    description: str = ""
+    """One line describing the preset."""
+    reaches: str = ""
+    """What the preset reaches, and within what budget."""
+
+    def __post_init__(self):
+        from fleetrl.algos import get_algorithm
+
+        get_algorithm(self.algorithm).check_config(self)
+
+    @property
+    def steps_per_iteration(self) -> int:
+        return self.env.num_envs * self.train.num_steps
+
+    @property
+    def iterations_per_call(self) -> int:
+        """Iterations fused into one compiled call: one logging interval."""
+        needed = -(-self.train.total_steps // self.steps_per_iteration)
+        return max(1, min(needed, self.train.log_every // self.steps_per_iteration))
+
+    @property
+    def num_iterations(self) -> int:
+        """Iterations of the run: total_steps rounded up to whole compiled calls."""
+        needed = -(-self.train.total_steps // self.steps_per_iteration)
+        per_call = self.iterations_per_call
+        return -(-needed // per_call) * per_call
+
+
+_SECTIONS = {"env": EnvConfig, "train": TrainConfig, "log": LogConfig}
+_TOP_LEVEL = ("description", "reaches", "algorithm", "algo", "env", "train", "log", "preset")
+
+
+def _suggest(key: str, valid: list[str]) -> str:
+    close = difflib.get_close_matches(key, valid, n=3, cutoff=0.5)
+    return f" Did you mean {' or '.join(close)}?" if close else f" Valid keys: {', '.join(valid)}."
+
+
+def _coerce(value: Any, hint: Any, name: str) -> Any:
+    """Check a YAML value against a field's type; convert lists to tuples and ints to floats."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, name)
+            except ConfigError as error:
+                errors.append(str(error))
+        raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
+    if origin is Literal:
+        require(value in typing.get_args(hint), name, f"must be one of {typing.get_args(hint)}, "
+                f"got {value!r}")
+        return value
+    if origin is tuple:
+        require(isinstance(value, list | tuple), name, f"expected a list, got {value!r}")
+        item = typing.get_args(hint)[0]
+        return tuple(_coerce(v, item, name) for v in value)
+    if hint is float:
+        require(isinstance(value, int | float) and not isinstance(value, bool), name,
+                f"expected a number, got {value!r}")
+        return float(value)
+    if hint is int:
+        require(isinstance(value, int) and not isinstance(value, bool), name,
+                f"expected an integer, got {value!r}")
+        return value
+    if hint is bool:
+        require(isinstance(value, bool), name, f"expected true or false, got {value!r}")
+        return value
+    if hint is str:
+        require(isinstance(value, str), name, f"expected a string, got {value!r}")
+        return value
+    return value
+
+
+def build_section(cls: type, data: dict[str, Any] | None, section: str) -> Any:
+    """Build a frozen config dataclass from a dict, rejecting unknown keys by name."""
+    data = dict(data or {})
+    require(isinstance(data, dict), section, f"expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ConfigError(f"{section}.{key}: unknown key.{_suggest(key, names)}")
+        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], preset: str) -> RunConfig:
+    """Build a validated ``RunConfig`` from a parsed preset."""
+    from fleetrl.algos import ALGORITHMS, get_algorithm
+
+    require(isinstance(data, dict), preset, "a preset must be a YAML mapping")
+    for key in data:
+        if key not in _TOP_LEVEL:
+            raise ConfigError(f"{key}: unknown top-level key in {preset}.{_suggest(key, list(_TOP_LEVEL))}")
+    name = data.get("algorithm")
+    require(name in ALGORITHMS, "algorithm", f"must be one of {sorted(ALGORITHMS)}, got {name!r}")
+    algo_cls = get_algorithm(name).Config
+    return RunConfig(
+        algorithm=name,
+        algo=build_section(algo_cls, data.get("algo"), "algo"),
+        env=build_section(EnvConfig, data.get("env"), "env"),
+        train=build_section(TrainConfig, data.get("train"), "train"),
+        log=build_section(LogConfig, data.get("log"), "log"),
+        preset=data.get("preset", preset),
+        description=data.get("description", ""),
+        reaches=data.get("reaches", ""),
+    )
+
+
+def preset_names() -> list[str]:
+    folder = importlib.resources.files("fleetrl.presets")
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def read_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
+    """Return the parsed YAML of a preset (a name or a path) and its name."""
+    path = Path(name_or_path)
+    if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"preset: no such file {name_or_path}")
+        text, name = path.read_text(), path.stem
+    else:
+        names = preset_names()
+        if name_or_path not in names:
+            raise ConfigError(f"preset: unknown preset {name_or_path!r}.{_suggest(name_or_path, names)}")
+        text = (importlib.resources.files("fleetrl.presets") / f"{name_or_path}.yaml").read_text()
+        name = name_or_path
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"preset {name_or_path}: invalid YAML: {error}") from None
+    return data, name
+
+
+def load_preset(name_or_path: str) -> RunConfig:
+    data, name = read_preset(name_or_path)
+    return config_from_dict(data, name)
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """Plain, YAML-safe dict of a config (tuples become lists)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    data = plain(dataclasses.asdict(config))
+    order = ("preset", "description", "reaches", "algorithm", "env", "train", "algo", "log")
+    return {key: data[key] for key in order}
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,54 @@
+"""Action distributions as pure functions of network outputs. Batched over leading axes."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from fleetrl.types import Array
+
+
+def categorical_sample(logits: Array, key: Array) -> Array:
+    return jax.random.categorical(key, logits).astype(jnp.int32)
+
+
+def categorical_log_prob(logits: Array, action: Array) -> Array:
+    log_probs = jax.nn.log_softmax(logits)
+    return jnp.take_along_axis(log_probs, action[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+def categorical_entropy(logits: Array) -> Array:
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.sum(jnp.exp(log_probs) * log_probs, axis=-1)
+
+
+def categorical_kl(logits_p: Array, logits_q: Array) -> Array:
+    """KL(p || q) of two categoricals given by logits."""
+    log_p = jax.nn.log_softmax(logits_p)
+    log_q = jax.nn.log_softmax(logits_q)
+    return jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+
+
+def normal_sample(mean: Array, log_std: Array, key: Array) -> Array:
+    return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+
+
+def normal_log_prob(mean: Array, log_std: Array, action: Array) -> Array:
+    """Diagonal Gaussian log density, summed over the last (action) axis."""
+    z = (action - mean) * jnp.exp(-log_std)
+    return jnp.sum(-0.5 * z**2 - log_std - 0.5 * math.log(2 * math.pi), axis=-1)
+
+
+def normal_entropy(log_std: Array) -> Array:
+    return jnp.sum(log_std + 0.5 * math.log(2 * math.pi * math.e), axis=-1)
+
+
+def normal_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) -> Array:
+    """KL(p || q) of two diagonal Gaussians, summed over the action axis."""
+    var_p = jnp.exp(2 * log_std_p)
+    var_q = jnp.exp(2 * log_std_q)
+    return jnp.sum(
+        log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5, axis=-1
+    )

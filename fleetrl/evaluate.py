@@ -1,0 +1,44 @@
+"""Evaluation: episodes of the deterministic policy on separately seeded envs, compiled."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fleetrl.rollout import reset
+from fleetrl.types import Array
+
+
+def make_evaluate(algo, env, max_steps: int):
+    """Return ``evaluate(algo_state, key) -> (returns[E], lengths[E], finished[E])``.
+
+    Each of the ``E = env.spec.num_envs`` envs plays one episode with ``explore=False``; the loop
+    stops when all have finished or after ``max_steps`` steps (unfinished episodes report the
+    return so far with ``finished=False``).
+    """
+    num_episodes = env.spec.num_envs
+
+    def evaluate(algo_state, key: Array):
+        carry = reset(env, key)
+        zeros = jnp.zeros((num_episodes,), jnp.float32)
+        init = (carry.env_state, carry.obs, carry.key, zeros, jnp.zeros_like(zeros, jnp.int32),
+                jnp.zeros((num_episodes,), bool), jnp.int32(0))
+
+        def cond(loop):
+            finished, t = loop[5], loop[6]
+            return ~jnp.all(finished) & (t < max_steps)
+
+        def body(loop):
+            env_state, obs, key, returns, lengths, finished, t = loop
+            key, policy_key = jax.random.split(key)
+            action, _ = algo.policy(algo_state, obs, policy_key, explore=False)
+            env_state, ts = env.step(env_state, action)
+            live = ~finished
+            returns = jnp.where(live, ts.episode_return, returns)
+            lengths = jnp.where(live, ts.episode_length, lengths)
+            return env_state, ts.obs, key, returns, lengths, finished | ts.episode_done, t + 1
+
+        _, _, _, returns, lengths, finished, _ = jax.lax.while_loop(cond, body, init)
+        return returns, lengths, finished
+
+    return evaluate

@@ -1,0 +1,75 @@
+"""Return estimators: GAE and n-step targets. One kernel per concept; tested against references.
+
+Conventions: time-major ``[T, N]`` arrays. ``terminated[t]`` means the step ``t`` reached a
+terminal state (no bootstrap); ``truncated[t]`` means the episode was cut by a time limit, so the
+target still bootstraps from the value of the observation reached (``next_value[t]``), but the
+advantage recursion stops there because ``t + 1`` belongs to a new episode.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from fleetrl.types import Array
+
+
+def gae(
+    reward: Array,
+    value: Array,
+    next_value: Array,
+    terminated: Array,
+    truncated: Array,
+    gamma: float,
+    lam: float,
+) -> tuple[Array, Array]:
+    """Generalized advantage estimation (Schulman et al. 2016, eq. 16) with time limits.
+
+    Args: ``reward, value, next_value, terminated, truncated``: ``[T, N]``. ``value[t]`` is
+    V(obs[t]); ``next_value[t]`` is V(next_obs[t]), the state reached by step ``t`` before any
+    auto-reset. Returns ``(advantages, returns)``, both ``[T, N]``, with
+    ``returns = advantages + value`` (the value-function targets).
+    """
+    not_terminal = 1.0 - terminated.astype(value.dtype)
+    not_done = 1.0 - (terminated | truncated).astype(value.dtype)
+    delta = reward + gamma * not_terminal * next_value - value
+
+    def backward(carry: Array, xs: tuple[Array, Array]) -> tuple[Array, Array]:
+        delta_t, not_done_t = xs
+        advantage = delta_t + gamma * lam * not_done_t * carry
+        return advantage, advantage
+
+    _, advantages = jax.lax.scan(
+        backward, jnp.zeros_like(value[0]), (delta, not_done), reverse=True
+    )
+    return advantages, advantages + value
+
+
+def n_step_target(
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    bootstrap_value: Array,
+    gamma: float,
+) -> Array:
+    """n-step TD target from ``n`` consecutive steps of one env starting at a sampled step.
+
+    Args: ``reward, terminated, truncated``: ``[n, B]`` steps ``t .. t+n-1``;
+    ``bootstrap_value``: ``[n, B]``, the value of ``next_obs[t+k]`` for each ``k``. The target
+    sums discounted rewards up to the first step that ends the episode (or ``n``) and bootstraps
+    from the state that step reached, unless it was terminal. Returns ``[B]``.
+    """
+    n = reward.shape[0]
+    done = terminated | truncated
+    # alive[k]: no episode end strictly before step k
+    ended_before = jnp.cumsum(done.astype(jnp.int32), axis=0) - done.astype(jnp.int32)
+    alive = (ended_before == 0).astype(reward.dtype)
+    discounts = gamma ** jnp.arange(n, dtype=reward.dtype)[:, None]
+    rewards = jnp.sum(alive * discounts * reward, axis=0)
+    # the last step counted: first episode end, else n - 1
+    last = jnp.where(done.any(axis=0), jnp.argmax(done, axis=0), n - 1)
+    columns = jnp.arange(reward.shape[1])
+    bootstrap = (1.0 - terminated[last, columns].astype(reward.dtype)) * bootstrap_value[
+        last, columns
+    ]
+    return rewards + gamma ** (last + 1).astype(reward.dtype) * bootstrap
