@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from fleetrl.checkpoint import CheckpointError
 from fleetrl.config import ConfigError
 
 USAGE = """usage: fleetrl <command> ...
@@ -105,7 +106,8 @@ def cmd_eval(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         return _error(f"--episodes: must be >= 1, got {args.episodes}")
-    from fleetrl.train import enable_compilation_cache, evaluate_run
+    from fleetrl.evaluate import evaluate_run
+    from fleetrl.train import enable_compilation_cache
 
     enable_compilation_cache()
     returns, lengths = evaluate_run(args.run_dir, args.episodes, args.seed)
@@ -147,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigError as error:
         return _error(str(error))
+    except CheckpointError as error:
+        return _error(f"refusing the checkpoint: {error}")
     except SystemExit as exit_:  # argparse/tyro usage errors
         return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
     except FileNotFoundError as error:

@@ -42,3 +42,33 @@ def make_evaluate(algo, env, max_steps: int):
         return returns, lengths, finished
 
     return evaluate
+
+
+def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
+    """Evaluate the last checkpoint of ``run_dir``: returns and lengths ``[num_seeds, episodes]``."""
+    import dataclasses
+    from pathlib import Path
+
+    import numpy as np
+
+    from fleetrl import checkpoint
+    from fleetrl.config import ConfigError, load_preset
+    from fleetrl.train import build, make_init, over_seeds, seed_keys
+
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: not found; is {run_dir} a run directory?")
+    run = load_preset(str(config_path))
+    if episodes is not None:
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_episodes=episodes))
+    env, eval_env, algo = build(run)
+    latest = checkpoint.latest(run_dir)
+    if latest is None:
+        raise ConfigError(f"{run_dir}: no committed checkpoint to evaluate")
+    target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
+    restored, _ = checkpoint.load(latest, target)
+    algo_state = restored["carry"].algo_state
+    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, env.spec.max_episode_steps or 1000)))
+    keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(run.train.num_seeds)])
+    returns, lengths, _ = jax.device_get(evaluate(algo_state, keys))
+    return np.asarray(returns), np.asarray(lengths)

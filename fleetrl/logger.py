@@ -81,9 +81,11 @@ class RunLogger:
         for name, value in metrics.items():
             array = np.asarray(value, dtype=np.float64).reshape(-1)
             record[name] = _plain(array[0] if array.size == 1 else array)
-            for writer, v in zip(self._writers, np.broadcast_to(array, (len(self._writers),)), strict=False):
-                if math.isfinite(v):
-                    writer.add_scalar(name, float(v), int(step))
+            if self._writers:
+                per_writer = np.broadcast_to(array, (len(self._writers),))
+                for writer, v in zip(self._writers, per_writer, strict=True):
+                    if math.isfinite(v):
+                        writer.add_scalar(name, float(v), int(step))
         self._file.write(json.dumps(record) + "\n")
 
     def close(self) -> None:

@@ -26,8 +26,7 @@ def simulate(policy, env, algo_state, carry: EnvCarry, num_steps: int) -> tuple[
     Returns the new carry and a time-major ``Rollout`` (``[num_steps, N, ...]``).
     """
 
-    def step(carry: EnvCarry, _) -> tuple[EnvCarry, Rollout]:
-        key, policy_key = jax.random.split(carry.key)
+    def step(carry: EnvCarry, policy_key: Array) -> tuple[EnvCarry, Rollout]:
         action, extras = policy(algo_state, carry.obs, policy_key)
         env_state, ts = env.step(carry.env_state, action)
         transition = Rollout(
@@ -41,9 +40,12 @@ def simulate(policy, env, algo_state, carry: EnvCarry, num_steps: int) -> tuple[
             episode_return=ts.episode_return,
             episode_length=ts.episode_length,
         )
-        return EnvCarry(env_state, ts.obs, key), transition
+        return EnvCarry(env_state, ts.obs, carry.key), transition
 
-    return jax.lax.scan(step, carry, None, length=num_steps)
+    # all policy keys in one split: fewer small ops inside the scan body
+    keys = jax.random.split(carry.key, num_steps + 1)
+    carry, rollout = jax.lax.scan(step, carry._replace(key=keys[0]), keys[1:])
+    return carry, rollout
 
 
 def reset(env, key: Array) -> EnvCarry:

@@ -12,7 +12,6 @@ import os
 import signal
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -109,7 +108,9 @@ def make_train_call(algo, env, num_steps: int, iterations: int):
     def call(carry: Carry):
         return jax.lax.scan(iteration, carry, None, length=iterations)
 
-    return jax.jit(over_seeds(call), donate_argnums=0)
+    # No donate_argnums: with jax 0.10.2 on CPU, a donating executable loaded from the persistent
+    # compilation cache hung forever on its second use in the same process (vmapped seeds).
+    return jax.jit(over_seeds(call))
 
 
 def over_seeds(fn):
@@ -192,24 +193,31 @@ def train(
     run_dir = Path(resume) if resume else new_run_dir(run)
     lock = RunLock(run_dir)
     try:
-        checkpoint.clean_stale(run_dir)
+        carry = make_init(algo, env)(seed_keys(run))
+        counters = {"iteration": 0, "env_steps": 0, "next_eval": run.train.eval_every,
+                    "next_checkpoint": run.train.checkpoint_every}
+        if resume:  # verify and load before anything in the run directory is rewritten
+            checkpoint.clean_stale(run_dir)
+            latest = checkpoint.latest(run_dir)
+            if latest is None:
+                raise ConfigError(f"--resume: {run_dir} has no committed checkpoint to resume from")
+            restored, meta = checkpoint.load(latest, {"carry": carry})
+            carry, counters = restored["carry"], meta["counters"]
         write_config_and_metadata(run_dir, run, command or [])
-        return _train_loop(run, run_dir, env, eval_env, algo, bool(resume), stop_after_steps,
-                           console, started)
+        return _train_loop(run, run_dir, env, eval_env, algo, carry, counters, bool(resume),
+                           stop_after_steps, console, started)
     finally:
         lock.release()
 
 
 def _compile(run, env, eval_env, algo, carry):
-    """Compile the train call and the evaluation ahead of time, in parallel threads."""
+    """Compile the train call and the evaluation ahead of time (sequentially: compiling them in
+    two threads deadlocked XLA:CPU on a later run in the same process, jax 0.10.2)."""
     train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call)
     max_steps = env.spec.max_episode_steps or 1000
     evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, max_steps)))
     eval_keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(run.train.num_seeds))
-    with ThreadPoolExecutor(2) as pool:
-        train_job = pool.submit(lambda: train_call.lower(carry).compile())
-        eval_job = pool.submit(lambda: evaluate.lower(carry.algo_state, eval_keys).compile())
-        return train_job.result(), eval_job.result()
+    return train_call.lower(carry).compile(), evaluate.lower(carry.algo_state, eval_keys).compile()
 
 
 def _eval_keys(run: RunConfig, env_steps: int) -> Array:
@@ -220,19 +228,11 @@ def _eval_keys(run: RunConfig, env_steps: int) -> Array:
     ])
 
 
-def _train_loop(run, run_dir, env, eval_env, algo, resuming, stop_after_steps, console, started):
+def _train_loop(run, run_dir, env, eval_env, algo, carry, counters, resuming, stop_after_steps,
+                console, started):
     from fleetrl.progress import Progress
 
     num_seeds, spi = run.train.num_seeds, run.steps_per_iteration
-    carry = make_init(algo, env)(seed_keys(run))
-    counters = {"iteration": 0, "env_steps": 0, "next_eval": run.train.eval_every,
-                "next_checkpoint": run.train.checkpoint_every}
-    if resuming:
-        latest = checkpoint.latest(run_dir)
-        if latest is None:
-            raise ConfigError(f"--resume: {run_dir} has no committed checkpoint to resume from")
-        restored, meta = checkpoint.load(latest, {"carry": carry})
-        carry, counters = restored["carry"], meta["counters"]
     compile_start = time.time()
     train_call, evaluate = _compile(run, env, eval_env, algo, carry)
     compile_time = time.time() - compile_start
@@ -298,5 +298,26 @@ def _train_loop(run, run_dir, env, eval_env, algo, resuming, stop_after_steps, c
                 progress.stop()
     steps_here = (counters["iteration"] - first_iteration) * spi * num_seeds
     sps = steps_here / run_time if run_time > 0 else math.nan
-    return TrainResult(run_dir, status, counters["env_steps"], eval_returns, time.time() - started,
-                       compile_time, sps)
+    result = TrainResult(run_dir, status, counters["env_steps"], eval_returns,
+                         time.time() - started, compile_time, sps)
+    _write_summary(result)
+    return result
+
+
+def _write_summary(result: TrainResult) -> None:
+    """``summary.json``: how the last session of the run ended, for people and benchmarks."""
+    import json
+
+    from fleetrl.logger import PROCESS_START
+    from fleetrl.rundir import atomic_write_text
+
+    summary = {
+        "status": result.status,
+        "env_steps": result.env_steps,
+        "eval_returns": None if result.eval_returns is None else np.asarray(result.eval_returns).tolist(),
+        "wall_time": result.wall_time,
+        "compile_time": result.compile_time,
+        "steps_per_second": result.steps_per_second,
+        "process_time": time.time() - PROCESS_START,
+    }
+    atomic_write_text(result.run_dir / "summary.json", json.dumps(summary, indent=2) + "\n")

@@ -15,7 +15,8 @@
   max_grad_norm 0.5, separate 64-64 tanh actor/critic. Runs --steps env steps, no evaluation; sps is
   measured from the end of the first rollout to the end of training.
 
-Torch threads are left at SB3's/torch's default (recorded as torch_threads); device is CPU.
+Torch threads are left at SB3's/torch's default unless --torch-threads is given (recorded as torch_threads);
+device is CPU.
 """
 import time
 
@@ -118,7 +119,10 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=float, default=1e5, help="ttt budget (RL-Zoo n_timesteps)")
     p.add_argument("--steps", type=int, default=100_000, help="steady-mode env steps")
+    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: untouched)")
     a = p.parse_args()
+    if a.torch_threads:
+        torch.set_num_threads(a.torch_threads)
     out = run_ttt(a.seed, a.max_steps) if a.mode == "ttt" else run_steady(a.seed, a.steps)
     print(json.dumps(out), flush=True)
 

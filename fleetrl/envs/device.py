@@ -56,11 +56,16 @@ def _import_gymnax_classic(env_id: str) -> Any:
         module = importlib.import_module(f"gymnax.environments.classic_control.{module_name}")
         return getattr(module, class_name)()
     except Exception:
-        for name in [n for n, m in sys.modules.items() if getattr(m, "__fleetrl_stub__", False)]:
-            del sys.modules[name]
-        import gymnax
+        return _import_gymnax().make(env_id)[0]
 
-        return gymnax.make(env_id)[0]
+
+def _import_gymnax() -> Any:
+    """The real ``gymnax`` package, replacing the stubs of `_import_gymnax_classic` if present."""
+    for name in [n for n, m in sys.modules.items() if getattr(m, "__fleetrl_stub__", False)]:
+        del sys.modules[name]
+    import gymnax
+
+    return gymnax
 
 
 def make_gymnax(env_id: str) -> tuple[Any, Any]:
@@ -68,7 +73,7 @@ def make_gymnax(env_id: str) -> tuple[Any, Any]:
     if env_id in _CLASSIC_CONTROL:
         env = _import_gymnax_classic(env_id)
         return env, env.default_params
-    import gymnax
+    gymnax = _import_gymnax()
 
     if env_id not in gymnax.registered_envs:
         import difflib
@@ -145,10 +150,11 @@ class GymnaxEnv:
             low = jnp.asarray(self.spec.action_low).reshape(self.spec.action_shape)
             high = jnp.asarray(self.spec.action_high).reshape(self.spec.action_shape)
             action = jnp.clip(action, low, high)
-        key, step_key = jax.random.split(state.key)
+        keys = jax.random.split(state.key, self.spec.num_envs + 1)
+        key = keys[0]
         obs, inner, reward, terminated, truncated, info = jax.vmap(
             self._env.step, in_axes=(0, 0, 0, None)
-        )(jax.random.split(step_key, self.spec.num_envs), state.inner, action, self._params)
+        )(keys[1:], state.inner, action, self._params)
         reward = reward.astype(jnp.float32)
         terminated = terminated.astype(bool)
         truncated = truncated.astype(bool) & ~terminated

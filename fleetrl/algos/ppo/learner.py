@@ -180,7 +180,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
             params, opt_state = carry
             grads, metrics = jax.grad(loss_fn, has_aux=True)(params, minibatch, state.kl_penalty)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            metrics["losses/grad_norm"] = optax.global_norm(grads)
+            metrics["losses/grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), metrics
 
         def epoch(carry, epoch_key):

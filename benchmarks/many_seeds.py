@@ -1,0 +1,51 @@
+"""Many seeds in one program: K seeds of PPO CartPole (CleanRL settings) vmapped in one
+compiled program, against one seed, and against Stable-Baselines3 runs one after another.
+
+SB3's 16 sequential runs of 500k steps take about half an hour here, so by default SB3's steady
+speed is measured on one run of --sb3-steps and projected to 16 x 500k (printed as projected).
+
+    python benchmarks/many_seeds.py [--seeds 1 8 16] [--steps 500000] [--peer-python PY]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import CLEANRL_PPO, DEFAULT_PEER_PYTHON, run_fleetrl, run_peer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--steps", type=int, default=500_000)
+    parser.add_argument("--sb3-steps", type=int, default=100_000)
+    parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
+    parser.add_argument("--skip-peer", action="store_true")
+    args = parser.parse_args()
+    wall = {}
+    for k in args.seeds:
+        r = run_fleetrl("ppo-cartpole", [
+            *CLEANRL_PPO, "--train.total-steps", str(args.steps), "--train.num-seeds", str(k),
+            "--train.log-every", "51200", "--train.eval-every", "0", "--train.checkpoint-every", "0",
+        ], cache_dir=None)
+        wall[k] = r["process_wall"]
+        solved = sum(x >= 475 for x in r["eval_returns"])
+        print(f"fleetrl {k:3d} seeds x {args.steps:,} steps: {r['process_wall']:.1f} s wall "
+              f"(compile {r['compile_time']:.1f} s), {r['steps_per_second']:,.0f} steps/s total, "
+              f"{solved}/{k} seeds with final eval >= 475", flush=True)
+    base = min(wall)
+    for k in wall:
+        if k != base:
+            print(f"  {k} seeds took {wall[k] / wall[base]:.2f}x the wall time of {base} "
+                  f"(sequential would be {k / base:.0f}x)")
+    if not args.skip_peer:
+        sb3 = run_peer(args.peer_python, "sb3_cartpole.py", ["--mode", "steady", "--steps", str(args.sb3_steps)])
+        k = max(wall)
+        projected = k * args.steps / sb3["sps"]
+        print(f"SB3 PPO (CleanRL settings) {sb3['sps']:,.0f} steps/s -> {k} sequential runs of "
+              f"{args.steps:,} steps: {projected:,.0f} s projected")
+        print(f"ratio SB3 (projected) / fleetrl for {k} seeds: {projected / wall[k]:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,44 @@
+"""Shared fixtures: small runs of the presets, built through the same config path as the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from fleetrl.config import RunConfig, load_preset
+
+
+def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
+    """``preset`` shrunk to a few iterations: one call per iteration, eval every call."""
+    run = load_preset(preset)
+    spi = run.steps_per_iteration
+    train_fields = dict(total_steps=iterations * spi, log_every=spi, eval_every=spi,
+                        eval_episodes=2, checkpoint_every=0)
+    train_fields.update(train)
+    algo = run.algo
+    if run.algorithm == "dqn":
+        algo = dataclasses.replace(algo, learning_starts=0, gradient_steps=4)
+    return dataclasses.replace(
+        run,
+        algo=algo,
+        train=dataclasses.replace(run.train, **train_fields),
+        log=dataclasses.replace(run.log, run_dir=str(tmp_path / "run"), tensorboard=False,
+                                progress=False),
+    )
+
+
+@pytest.fixture
+def tiny(tmp_path):
+    return lambda preset, **kw: tiny_run(preset, tmp_path, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """One persistent JAX cache for the session: identical programs compile once."""
+    import os
+
+    from fleetrl.train import enable_compilation_cache
+
+    os.environ["FLEETRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
+    enable_compilation_cache()

@@ -1,0 +1,80 @@
+"""Presets, overrides and the errors users see for bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from fleetrl.cli import main
+from fleetrl.config import ConfigError, config_from_dict, load_preset, preset_names
+
+PRESETS = ["ppo-cartpole", "ppo-acrobot", "ppo-pendulum", "ppo-mountaincar-continuous",
+           "dqn-cartpole"]
+
+
+def test_required_presets_exist_and_state_what_they_reach():
+    names = preset_names()
+    for name in PRESETS:
+        assert name in names
+        run = load_preset(name)
+        assert run.description and run.reaches
+
+
+def test_unknown_key_names_key_and_suggests(capsys):
+    assert main(["train", "ppo-cartpole", "--algo.learnin-rate", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "--algo.learnin-rate" in err and "--algo.learning-rate" in err
+
+
+@pytest.mark.parametrize(
+    "args, field",
+    [
+        (["--algo.learning-rate", "-0.1"], "algo.learning_rate"),
+        (["--algo.num-minibatches", "3"], "algo.num_minibatches"),
+        (["--env.num-envs", "0"], "env.num_envs"),
+        (["--train.total-steps", "0"], "train.total_steps"),
+    ],
+)
+def test_bad_values_name_the_field(capsys, args, field):
+    assert main(["train", "ppo-cartpole", *args]) == 2
+    assert field in capsys.readouterr().err
+
+
+def test_action_space_the_algorithm_cannot_handle(capsys, tmp_path):
+    code = main(["train", "dqn-cartpole", "--env.id", "Pendulum-v1", "--log.root", str(tmp_path)])
+    assert code == 2
+    assert "env.id: DQN needs a discrete action space" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # refused before a run directory was made
+
+
+def test_unknown_preset_and_command(capsys):
+    assert main(["train", "ppo-cartpol"]) == 2
+    assert "ppo-cartpole" in capsys.readouterr().err
+    assert main(["trian"]) == 2
+    assert "train" in capsys.readouterr().err
+
+
+def test_yaml_unknown_keys_and_types():
+    base = {"algorithm": "ppo", "algo": {}, "env": {}, "train": {}}
+    with pytest.raises(ConfigError, match=r"train.num_seed: unknown key. Did you mean num_seeds"):
+        config_from_dict({**base, "train": {"num_seed": 2}}, "x")
+    with pytest.raises(ConfigError, match=r"algo.num_epochs: expected an integer"):
+        config_from_dict({**base, "algo": {"num_epochs": "four"}}, "x")
+    with pytest.raises(ConfigError, match=r"algorithm: must be one of"):
+        config_from_dict({**base, "algorithm": "a3c"}, "x")
+
+
+def test_yaml_python_tags_are_rejected(tmp_path):
+    sentinel = tmp_path / "owned"
+    path = tmp_path / "evil.yaml"
+    path.write_text(f"algorithm: !!python/object/apply:os.system ['touch {sentinel}']\n")
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_preset(str(path))
+    assert not sentinel.exists()
+
+
+def test_presets_command_lists_one_line_each():
+    out = subprocess.run([sys.executable, "-m", "fleetrl", "presets"], capture_output=True,
+                         text=True, timeout=60, check=True).stdout
+    for name in PRESETS:
+        assert any(line.startswith(name + " ") for line in out.splitlines())

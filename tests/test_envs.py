@@ -1,0 +1,77 @@
+"""The gymnax adapter: auto-reset keeps final_obs; terminated and truncated kept apart."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fleetrl.envs.device import GymnaxEnv
+
+
+def run_steps(env, actions):
+    state, ts = env.reset(jax.random.PRNGKey(0))
+    step = jax.jit(env.step)
+    out = []
+    for action in actions:
+        prev_obs = ts.obs
+        state, ts = step(state, action)
+        out.append((prev_obs, ts))
+    return out
+
+
+def test_cartpole_autoreset_keeps_final_obs():
+    env = GymnaxEnv("CartPole-v1", 4)
+    steps = run_steps(env, [jnp.ones(4, jnp.int32)] * 40)
+    saw_done = False
+    for _, ts in steps:
+        done = np.asarray(ts.episode_done)
+        assert not np.any(np.asarray(ts.truncated))  # pushing right falls over long before 500
+        if done.any():
+            saw_done = True
+            # the observation reached is out of bounds (pole fell); the new one is a fresh reset
+            assert np.all(np.abs(np.asarray(ts.final_obs)[done, 2]) > 0.2)
+            assert np.all(np.abs(np.asarray(ts.obs)[done]) <= 0.05 + 1e-6)
+        np.testing.assert_array_equal(np.asarray(ts.final_obs)[~done], np.asarray(ts.obs)[~done])
+    assert saw_done
+
+
+def test_episode_stats_are_raw_totals():
+    env = GymnaxEnv("CartPole-v1", 2)
+    steps = run_steps(env, [jnp.ones(2, jnp.int32)] * 30)
+    lengths = [np.asarray(ts.episode_length) for _, ts in steps]
+    returns = [np.asarray(ts.episode_return) for _, ts in steps]
+    np.testing.assert_array_equal(lengths[0], [1, 1])
+    np.testing.assert_array_equal(returns[0], [1.0, 1.0])
+    for (_, ts), length in zip(steps, lengths, strict=True):
+        np.testing.assert_array_equal(np.asarray(ts.episode_return), length.astype(np.float32))
+
+
+def test_pendulum_truncates_at_time_limit_and_never_terminates():
+    env = GymnaxEnv("Pendulum-v1", 3)
+    assert env.spec.max_episode_steps == 200
+    steps = run_steps(env, [jnp.zeros((3, 1))] * 201)
+    truncated = np.array([np.asarray(ts.truncated) for _, ts in steps])
+    terminated = np.array([np.asarray(ts.terminated) for _, ts in steps])
+    assert not terminated.any()
+    assert truncated[199].all() and truncated.sum() == 3
+    assert np.all(np.asarray(steps[199][1].episode_length) == 200)
+
+
+def test_continuous_actions_are_clipped_to_bounds():
+    env = GymnaxEnv("Pendulum-v1", 1)
+    big = run_steps(env, [jnp.full((1, 1), 100.0)])[0][1]
+    bound = run_steps(env, [jnp.full((1, 1), 2.0)])[0][1]
+    np.testing.assert_allclose(big.obs, bound.obs)
+
+
+def test_specs():
+    assert GymnaxEnv("Acrobot-v1", 2).spec.num_actions == 3
+    spec = GymnaxEnv("MountainCarContinuous-v0", 2).spec
+    assert spec.action_kind == "continuous" and spec.action_low == (-1.0,)
+    with pytest.raises(ValueError, match="num_envs"):
+        GymnaxEnv("CartPole-v1", 0)
+
+
+def test_unknown_gymnax_id_names_it():
+    with pytest.raises(ValueError, match="env.id: unknown gymnax environment 'CartPol-v1'"):
+        GymnaxEnv("CartPol-v1", 1)
