@@ -20,11 +20,35 @@ DEFAULT_PEER_PYTHON = os.environ.get("FLEETRL_PEER_PYTHON", "/work/benchvenv/bin
 
 # CleanRL ppo.py's CartPole settings (also PureJaxRL's and rejax's in peers/rejax_cartpole.py)
 CLEANRL_PPO = [
-    "--env.num-envs", "4", "--train.num-steps", "128", "--algo.num-epochs", "4",
-    "--algo.num-minibatches", "4", "--algo.learning-rate", "2.5e-4", "--algo.anneal-lr", "True",
-    "--algo.gamma", "0.99", "--algo.gae-lambda", "0.95", "--algo.clip-eps", "0.2",
-    "--algo.ent-coef", "0.01", "--algo.vf-coef", "0.5", "--algo.max-grad-norm", "0.5",
-    "--algo.hidden-sizes", "64", "64", "--algo.activation", "tanh",
+    "--env.num-envs",
+    "4",
+    "--train.num-steps",
+    "128",
+    "--algo.num-epochs",
+    "4",
+    "--algo.num-minibatches",
+    "4",
+    "--algo.learning-rate",
+    "2.5e-4",
+    "--algo.anneal-lr",
+    "True",
+    "--algo.gamma",
+    "0.99",
+    "--algo.gae-lambda",
+    "0.95",
+    "--algo.clip-eps",
+    "0.2",
+    "--algo.ent-coef",
+    "0.01",
+    "--algo.vf-coef",
+    "0.5",
+    "--algo.max-grad-norm",
+    "0.5",
+    "--algo.hidden-sizes",
+    "64",
+    "64",
+    "--algo.activation",
+    "tanh",
 ]
 
 
@@ -32,20 +56,35 @@ def run_fleetrl(preset: str, args: list[str], cache_dir: str | None) -> dict:
     """Train in a fresh process; returns summary.json plus the metrics records and wall time."""
     run_dir = Path(tempfile.mkdtemp(prefix="fleetrl-bench-")) / "run"
     env = {**os.environ, "FLEETRL_CACHE_DIR": cache_dir or "off"}
-    cmd = [sys.executable, "-m", "fleetrl", "train", preset, "--log.run-dir", str(run_dir),
-           "--log.progress", "False", "--log.tensorboard", "False", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleetrl",
+        "train",
+        preset,
+        "--log.run-dir",
+        str(run_dir),
+        "--log.progress",
+        "False",
+        "--log.tensorboard",
+        "False",
+        *args,
+    ]
     start = time.time()
     subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)
     summary = json.loads((run_dir / "summary.json").read_text())
     summary["process_wall"] = time.time() - start
-    summary["records"] = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    summary["records"] = [
+        json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     return summary
 
 
 def run_peer(python: str, script: str, args: list[str]) -> dict:
     """Run a peer script from peers/ and return the JSON object of its last output line."""
-    out = subprocess.run([python, str(HERE / "peers" / script), *args], check=True,
-                         capture_output=True, text=True).stdout
+    out = subprocess.run(
+        [python, str(HERE / "peers" / script), *args], check=True, capture_output=True, text=True
+    ).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 

@@ -24,26 +24,50 @@ def main() -> None:
     args = parser.parse_args()
     wall = {}
     for k in args.seeds:
-        r = run_fleetrl("ppo-cartpole", [
-            *CLEANRL_PPO, "--train.total-steps", str(args.steps), "--train.num-seeds", str(k),
-            "--train.log-every", "51200", "--train.eval-every", "0", "--train.checkpoint-every", "0",
-        ], cache_dir=None)
+        r = run_fleetrl(
+            "ppo-cartpole",
+            [
+                *CLEANRL_PPO,
+                "--train.total-steps",
+                str(args.steps),
+                "--train.num-seeds",
+                str(k),
+                "--train.log-every",
+                "51200",
+                "--train.eval-every",
+                "0",
+                "--train.checkpoint-every",
+                "0",
+            ],
+            cache_dir=None,
+        )
         wall[k] = r["process_wall"]
         solved = sum(x >= 475 for x in r["eval_returns"])
-        print(f"fleetrl {k:3d} seeds x {args.steps:,} steps: {r['process_wall']:.1f} s wall "
-              f"(compile {r['compile_time']:.1f} s), {r['steps_per_second']:,.0f} steps/s total, "
-              f"{solved}/{k} seeds with final eval >= 475", flush=True)
+        print(
+            f"fleetrl {k:3d} seeds x {args.steps:,} steps: {r['process_wall']:.1f} s wall "
+            f"(compile {r['compile_time']:.1f} s), {r['steps_per_second']:,.0f} steps/s total, "
+            f"{solved}/{k} seeds with final eval >= 475",
+            flush=True,
+        )
     base = min(wall)
     for k in wall:
         if k != base:
-            print(f"  {k} seeds took {wall[k] / wall[base]:.2f}x the wall time of {base} "
-                  f"(sequential would be {k / base:.0f}x)")
+            print(
+                f"  {k} seeds took {wall[k] / wall[base]:.2f}x the wall time of {base} "
+                f"(sequential would be {k / base:.0f}x)"
+            )
     if not args.skip_peer:
-        sb3 = run_peer(args.peer_python, "sb3_cartpole.py", ["--mode", "steady", "--steps", str(args.sb3_steps)])
+        sb3 = run_peer(
+            args.peer_python,
+            "sb3_cartpole.py",
+            ["--mode", "steady", "--steps", str(args.sb3_steps)],
+        )
         k = max(wall)
         projected = k * args.steps / sb3["sps"]
-        print(f"SB3 PPO (CleanRL settings) {sb3['sps']:,.0f} steps/s -> {k} sequential runs of "
-              f"{args.steps:,} steps: {projected:,.0f} s projected")
+        print(
+            f"SB3 PPO (CleanRL settings) {sb3['sps']:,.0f} steps/s -> {k} sequential runs of "
+            f"{args.steps:,} steps: {projected:,.0f} s projected"
+        )
         print(f"ratio SB3 (projected) / fleetrl for {k} seeds: {projected / wall[k]:.1f}x")
 
 

@@ -23,28 +23,60 @@ def main() -> None:
     args = parser.parse_args()
     ours, peer = [], []
     for seed in range(args.seeds):
-        ours.append(run_fleetrl("ppo-cartpole", [
-            *CLEANRL_PPO, "--train.total-steps", str(args.steps), "--train.seed", str(seed),
-            "--train.log-every", "51200", "--train.eval-every", "0", "--train.checkpoint-every", "0",
-        ], cache_dir=None))
+        ours.append(
+            run_fleetrl(
+                "ppo-cartpole",
+                [
+                    *CLEANRL_PPO,
+                    "--train.total-steps",
+                    str(args.steps),
+                    "--train.seed",
+                    str(seed),
+                    "--train.log-every",
+                    "51200",
+                    "--train.eval-every",
+                    "0",
+                    "--train.checkpoint-every",
+                    "0",
+                ],
+                cache_dir=None,
+            )
+        )
         if not args.skip_peer:
-            peer.append(run_peer(args.peer_python, "rejax_cartpole.py",
-                                 ["--steps", str(args.steps), "--seed", str(seed)]))
-        print(f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
-              f"(compile {ours[-1]['compile_time']:.2f} s, eval {ours[-1]['eval_returns']})"
-              + (f" | rejax {peer[-1]['sps']:,.0f} steps/s (compile {peer[-1]['compile_s']:.2f} s)"
-                 if peer else ""), flush=True)
+            peer.append(
+                run_peer(
+                    args.peer_python,
+                    "rejax_cartpole.py",
+                    ["--steps", str(args.steps), "--seed", str(seed)],
+                )
+            )
+        print(
+            f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
+            f"(compile {ours[-1]['compile_time']:.2f} s, eval {ours[-1]['eval_returns']})"
+            + (
+                f" | rejax {peer[-1]['sps']:,.0f} steps/s (compile {peer[-1]['compile_s']:.2f} s)"
+                if peer
+                else ""
+            ),
+            flush=True,
+        )
     our_sps = median([r["steps_per_second"] for r in ours])
     our_compile = median([r["compile_time"] for r in ours])
-    print(f"\nfleetrl PPO CartPole, CleanRL settings: median {our_sps:,.0f} steps/s, "
-          f"compile {our_compile:.2f} s ({args.seeds} seeds)")
+    print(
+        f"\nfleetrl PPO CartPole, CleanRL settings: median {our_sps:,.0f} steps/s, "
+        f"compile {our_compile:.2f} s ({args.seeds} seeds)"
+    )
     if peer:
         peer_sps = median([r["sps"] for r in peer])
         peer_compile = median([r["compile_s"] for r in peer])
-        print(f"rejax  PPO CartPole, CleanRL settings: median {peer_sps:,.0f} steps/s, "
-              f"compile {peer_compile:.2f} s")
-        print(f"ratio fleetrl / rejax: steps/s {our_sps / peer_sps:.2f}x, "
-              f"compile time {our_compile / peer_compile:.2f}x")
+        print(
+            f"rejax  PPO CartPole, CleanRL settings: median {peer_sps:,.0f} steps/s, "
+            f"compile {peer_compile:.2f} s"
+        )
+        print(
+            f"ratio fleetrl / rejax: steps/s {our_sps / peer_sps:.2f}x, "
+            f"compile time {our_compile / peer_compile:.2f}x"
+        )
 
 
 if __name__ == "__main__":

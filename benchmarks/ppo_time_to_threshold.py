@@ -16,8 +16,18 @@ import tempfile
 from common import DEFAULT_PEER_PYTHON, first_time_reaching, median, run_fleetrl, run_peer
 
 THRESHOLD = 475.0
-ARGS = ["--train.eval-every", "2048", "--train.log-every", "2048", "--train.eval-episodes", "10",
-        "--train.stop-at-return", str(THRESHOLD), "--train.checkpoint-every", "0"]
+ARGS = [
+    "--train.eval-every",
+    "2048",
+    "--train.log-every",
+    "2048",
+    "--train.eval-episodes",
+    "10",
+    "--train.stop-at-return",
+    str(THRESHOLD),
+    "--train.checkpoint-every",
+    "0",
+]
 
 
 def fleetrl_time(seed: int, cache_dir: str) -> tuple[float, int, float]:
@@ -40,8 +50,10 @@ def main() -> None:
     for seed in range(args.seeds):
         rows["cold"].append(fleetrl_time(seed, tempfile.mkdtemp(prefix="fleetrl-cold-cache-")))
         rows["warm"].append(fleetrl_time(seed, warm_cache))
-        line = (f"seed {seed}: fleetrl cold {rows['cold'][-1][0]:.2f} s ({rows['cold'][-1][1]} steps),"
-                f" warm {rows['warm'][-1][0]:.2f} s")
+        line = (
+            f"seed {seed}: fleetrl cold {rows['cold'][-1][0]:.2f} s ({rows['cold'][-1][1]} steps),"
+            f" warm {rows['warm'][-1][0]:.2f} s"
+        )
         if not args.skip_peer:
             sb3 = run_peer(args.peer_python, "sb3_cartpole.py", ["--seed", str(seed)])
             t = sb3["time_to_threshold_s"] if sb3["reached"] else float("inf")
@@ -51,10 +63,14 @@ def main() -> None:
     cold = median([r[0] for r in rows["cold"]])
     warm = median([r[0] for r in rows["warm"]])
     print(f"\nmedian seconds from process start to eval return >= {THRESHOLD:.0f}:")
-    print(f"  fleetrl, cold compilation cache: {cold:.2f} s "
-          f"(process exit {median([r[2] for r in rows['cold']]):.2f} s)")
-    print(f"  fleetrl, warm compilation cache: {warm:.2f} s "
-          f"(process exit {median([r[2] for r in rows['warm']]):.2f} s)")
+    print(
+        f"  fleetrl, cold compilation cache: {cold:.2f} s "
+        f"(process exit {median([r[2] for r in rows['cold']]):.2f} s)"
+    )
+    print(
+        f"  fleetrl, warm compilation cache: {warm:.2f} s "
+        f"(process exit {median([r[2] for r in rows['warm']]):.2f} s)"
+    )
     if rows["sb3"]:
         sb3 = median([r[0] for r in rows["sb3"]])
         print(f"  Stable-Baselines3 (RL-Zoo settings): {sb3:.2f} s")

@@ -78,7 +78,9 @@ def cmd_train(argv: list[str]) -> int:
     console = Console(stderr=False)
     if run.log.progress:
         console.print(f"[bold]fleetrl[/] {run.preset}: {run.description}")
-    result = train(run, resume=resume, command=sys.argv, console=console if run.log.progress else None)
+    result = train(
+        run, resume=resume, command=sys.argv, console=console if run.log.progress else None
+    )
     print_summary(console, result)
     return 130 if result.status == "interrupted" else 0
 
@@ -112,8 +114,10 @@ def cmd_eval(argv: list[str]) -> int:
     enable_compilation_cache()
     returns, lengths = evaluate_run(args.run_dir, args.episodes, args.seed)
     for i, (r, n) in enumerate(zip(returns, lengths, strict=True)):
-        print(f"seed {i}: return {r.mean():.2f} +- {r.std():.2f}, length {n.mean():.1f} "
-              f"({r.size} episodes)")
+        print(
+            f"seed {i}: return {r.mean():.2f} +- {r.std():.2f}, length {n.mean():.1f} "
+            f"({r.size} episodes)"
+        )
     return 0
 
 

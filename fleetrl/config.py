@@ -170,20 +170,29 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
                 errors.append(str(error))
         raise ConfigError(errors[0] if errors else f"{name}: invalid value {value!r}")
     if origin is Literal:
-        require(value in typing.get_args(hint), name, f"must be one of {typing.get_args(hint)}, "
-                f"got {value!r}")
+        require(
+            value in typing.get_args(hint),
+            name,
+            f"must be one of {typing.get_args(hint)}, got {value!r}",
+        )
         return value
     if origin is tuple:
         require(isinstance(value, list | tuple), name, f"expected a list, got {value!r}")
         item = typing.get_args(hint)[0]
         return tuple(_coerce(v, item, name) for v in value)
     if hint is float:
-        require(isinstance(value, int | float) and not isinstance(value, bool), name,
-                f"expected a number, got {value!r}")
+        require(
+            isinstance(value, int | float) and not isinstance(value, bool),
+            name,
+            f"expected a number, got {value!r}",
+        )
         return float(value)
     if hint is int:
-        require(isinstance(value, int) and not isinstance(value, bool), name,
-                f"expected an integer, got {value!r}")
+        require(
+            isinstance(value, int) and not isinstance(value, bool),
+            name,
+            f"expected an integer, got {value!r}",
+        )
         return value
     if hint is bool:
         require(isinstance(value, bool), name, f"expected true or false, got {value!r}")
@@ -215,7 +224,9 @@ def config_from_dict(data: dict[str, Any], preset: str) -> RunConfig:
     require(isinstance(data, dict), preset, "a preset must be a YAML mapping")
     for key in data:
         if key not in _TOP_LEVEL:
-            raise ConfigError(f"{key}: unknown top-level key in {preset}.{_suggest(key, list(_TOP_LEVEL))}")
+            raise ConfigError(
+                f"{key}: unknown top-level key in {preset}.{_suggest(key, list(_TOP_LEVEL))}"
+            )
     name = data.get("algorithm")
     require(name in ALGORITHMS, "algorithm", f"must be one of {sorted(ALGORITHMS)}, got {name!r}")
     algo_cls = get_algorithm(name).Config
@@ -246,7 +257,9 @@ def read_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
     else:
         names = preset_names()
         if name_or_path not in names:
-            raise ConfigError(f"preset: unknown preset {name_or_path!r}.{_suggest(name_or_path, names)}")
+            raise ConfigError(
+                f"preset: unknown preset {name_or_path!r}.{_suggest(name_or_path, names)}"
+            )
         text = (importlib.resources.files("fleetrl.presets") / f"{name_or_path}.yaml").read_text()
         name = name_or_path
     try:

@@ -21,8 +21,15 @@ def make_evaluate(algo, env, max_steps: int):
     def evaluate(algo_state, key: Array):
         carry = reset(env, key)
         zeros = jnp.zeros((num_episodes,), jnp.float32)
-        init = (carry.env_state, carry.obs, carry.key, zeros, jnp.zeros_like(zeros, jnp.int32),
-                jnp.zeros((num_episodes,), bool), jnp.int32(0))
+        init = (
+            carry.env_state,
+            carry.obs,
+            carry.key,
+            zeros,
+            jnp.zeros_like(zeros, jnp.int32),
+            jnp.zeros((num_episodes,), bool),
+            jnp.int32(0),
+        )
 
         def cond(loop):
             finished, t = loop[5], loop[6]
@@ -45,7 +52,7 @@ def make_evaluate(algo, env, max_steps: int):
 
 
 def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
-    """Evaluate the last checkpoint of ``run_dir``: returns and lengths ``[num_seeds, episodes]``."""
+    """Evaluate the last checkpoint of ``run_dir``: returns, lengths ``[num_seeds, episodes]``."""
     import dataclasses
     from pathlib import Path
 
@@ -68,7 +75,9 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
     restored, _ = checkpoint.load(latest, target)
     algo_state = restored["carry"].algo_state
-    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, env.spec.max_episode_steps or 1000)))
+    evaluate = jax.jit(
+        over_seeds(make_evaluate(algo, eval_env, env.spec.max_episode_steps or 1000))
+    )
     keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(run.train.num_seeds)])
     returns, lengths, _ = jax.device_get(evaluate(algo_state, keys))
     return np.asarray(returns), np.asarray(lengths)

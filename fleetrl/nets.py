@@ -13,7 +13,7 @@ ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu}
 
 
 class MLP(nn.Module):
-    """Hidden layers then a linear output of ``out_size`` with orthogonal init of gain ``out_gain``."""
+    """Hidden layers, then a linear output of ``out_size`` (orthogonal init, gain ``out_gain``)."""
 
     hidden_sizes: Sequence[int]
     out_size: int

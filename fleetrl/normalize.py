@@ -30,7 +30,11 @@ class RunningStats:
         total = self.count + batch_count
         delta = batch_mean - self.mean
         mean = self.mean + delta * batch_count / total
-        m2 = self.var * self.count + batch_var * batch_count + delta**2 * self.count * batch_count / total
+        m2 = (
+            self.var * self.count
+            + batch_var * batch_count
+            + delta**2 * self.count * batch_count / total
+        )
         return RunningStats(mean, m2 / total, total)
 
     def normalize(self, x: Array, clip: float) -> Array:

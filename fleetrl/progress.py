@@ -32,17 +32,25 @@ class Progress:
             console=console,
             disable=not console.is_terminal,
         )
-        self._task = self._bar.add_task("train", total=total, completed=start_steps, sps="-",
-                                        ret="-", eval="-")
+        self._task = self._bar.add_task(
+            "train", total=total, completed=start_steps, sps="-", ret="-", eval="-"
+        )
         self._bar.start()
 
     def update(self, steps: int, metrics: dict, eval_returns) -> None:
-        self._bar.update(self._task, completed=steps, sps=f"{float(metrics['charts/sps']):,.0f}",
-                         ret=_fmt(metrics["charts/episodic_return"]), eval=_fmt(eval_returns))
+        self._bar.update(
+            self._task,
+            completed=steps,
+            sps=f"{float(metrics['charts/sps']):,.0f}",
+            ret=_fmt(metrics["charts/episodic_return"]),
+            eval=_fmt(eval_returns),
+        )
 
     def on_signal(self, signum: int) -> None:
-        self.console.print("[yellow]Stopping: writing a checkpoint after this call. "
-                           "Press Ctrl+C again to exit at once.[/]")
+        self.console.print(
+            "[yellow]Stopping: writing a checkpoint after this call. "
+            "Press Ctrl+C again to exit at once.[/]"
+        )
 
     def stop(self) -> None:
         self._bar.stop()

@@ -53,7 +53,7 @@ def add(buffer: ReplayBuffer, steps: dict[str, Array]) -> ReplayBuffer:
 
 
 def sample_sequences(buffer: ReplayBuffer, key: Array, batch_size: int, length: int) -> Any:
-    """``batch_size`` windows of ``length`` consecutive steps of one env: fields ``[length, B, ...]``.
+    """``batch_size`` windows of ``length`` consecutive steps of one env: ``[length, B, ...]``.
 
     Windows start uniformly among the rows whose next ``length - 1`` rows are stored too
     (requires ``size >= length``); the env of each window is uniform.

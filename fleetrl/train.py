@@ -194,8 +194,12 @@ def train(
     lock = RunLock(run_dir)
     try:
         carry = make_init(algo, env)(seed_keys(run))
-        counters = {"iteration": 0, "env_steps": 0, "next_eval": run.train.eval_every,
-                    "next_checkpoint": run.train.checkpoint_every}
+        counters = {
+            "iteration": 0,
+            "env_steps": 0,
+            "next_eval": run.train.eval_every,
+            "next_checkpoint": run.train.checkpoint_every,
+        }
         if resume:  # verify and load before anything in the run directory is rewritten
             checkpoint.clean_stale(run_dir)
             latest = checkpoint.latest(run_dir)
@@ -204,8 +208,19 @@ def train(
             restored, meta = checkpoint.load(latest, {"carry": carry})
             carry, counters = restored["carry"], meta["counters"]
         write_config_and_metadata(run_dir, run, command or [])
-        return _train_loop(run, run_dir, env, eval_env, algo, carry, counters, bool(resume),
-                           stop_after_steps, console, started)
+        return _train_loop(
+            run,
+            run_dir,
+            env,
+            eval_env,
+            algo,
+            carry,
+            counters,
+            bool(resume),
+            stop_after_steps,
+            console,
+            started,
+        )
     finally:
         lock.release()
 
@@ -222,35 +237,49 @@ def _compile(run, env, eval_env, algo, carry):
 
 def _eval_keys(run: RunConfig, env_steps: int) -> Array:
     """Evaluation envs are seeded apart from training and identically across resumes."""
-    return jnp.stack([
-        jax.random.fold_in(jax.random.PRNGKey(run.train.seed + i + 1_000_003), env_steps)
-        for i in range(run.train.num_seeds)
-    ])
+    return jnp.stack(
+        [
+            jax.random.fold_in(jax.random.PRNGKey(run.train.seed + i + 1_000_003), env_steps)
+            for i in range(run.train.num_seeds)
+        ]
+    )
 
 
-def _train_loop(run, run_dir, env, eval_env, algo, carry, counters, resuming, stop_after_steps,
-                console, started):
+def _train_loop(
+    run, run_dir, env, eval_env, algo, carry, counters, resuming, stop_after_steps, console, started
+):
     from fleetrl.progress import Progress
 
     num_seeds, spi = run.train.num_seeds, run.steps_per_iteration
     compile_start = time.time()
     train_call, evaluate = _compile(run, env, eval_env, algo, carry)
     compile_time = time.time() - compile_start
-    logger = RunLogger(run_dir, num_seeds, run.log.tensorboard,
-                       counters["env_steps"] if resuming else None)
+    logger = RunLogger(
+        run_dir, num_seeds, run.log.tensorboard, counters["env_steps"] if resuming else None
+    )
 
     def run_eval(steps: int) -> np.ndarray:
         returns, lengths, finished = jax.device_get(
             evaluate(carry.algo_state, _eval_keys(run, steps))
         )
         mean = returns.mean(axis=1)
-        logger.write(steps, {"eval/episodic_return": mean, "eval/episodic_length": lengths.mean(1),
-                             "eval/finished_fraction": finished.mean(1)})
+        logger.write(
+            steps,
+            {
+                "eval/episodic_return": mean,
+                "eval/episodic_length": lengths.mean(1),
+                "eval/finished_fraction": finished.mean(1),
+            },
+        )
         return mean
 
     def save() -> None:
-        meta = {"counters": counters, "config_sha256": _config_hash(run), "env_id": run.env.id,
-                "num_seeds": num_seeds}
+        meta = {
+            "counters": counters,
+            "config_sha256": _config_hash(run),
+            "env_id": run.env.id,
+            "num_seeds": num_seeds,
+        }
         checkpoint.save(run_dir, counters["env_steps"], {"carry": carry}, meta)
 
     status, eval_returns, last_eval_step, run_time = "completed", None, -1, 0.0
@@ -266,7 +295,9 @@ def _train_loop(run, run_dir, env, eval_env, algo, carry, counters, resuming, st
                 run_time += call_time
                 counters["iteration"] += run.iterations_per_call
                 steps = counters["env_steps"] = counters["iteration"] * spi
-                metrics["charts/sps"] = np.float64(run.iterations_per_call * spi * num_seeds / call_time)
+                metrics["charts/sps"] = np.float64(
+                    run.iterations_per_call * spi * num_seeds / call_time
+                )
                 logger.write(steps, metrics)
                 if run.train.eval_every and steps >= counters["next_eval"]:
                     eval_returns, last_eval_step = run_eval(steps), steps
@@ -274,9 +305,12 @@ def _train_loop(run, run_dir, env, eval_env, algo, carry, counters, resuming, st
                         counters["next_eval"] += run.train.eval_every
                 if progress:
                     progress.update(steps, metrics, eval_returns)
-                if (run.train.stop_at_return is not None and eval_returns is not None
-                        and last_eval_step == steps
-                        and np.all(eval_returns >= run.train.stop_at_return)):
+                if (
+                    run.train.stop_at_return is not None
+                    and eval_returns is not None
+                    and last_eval_step == steps
+                    and np.all(eval_returns >= run.train.stop_at_return)
+                ):
                     status = "threshold"
                     break
                 if run.train.checkpoint_every and steps >= counters["next_checkpoint"]:
@@ -298,8 +332,15 @@ def _train_loop(run, run_dir, env, eval_env, algo, carry, counters, resuming, st
                 progress.stop()
     steps_here = (counters["iteration"] - first_iteration) * spi * num_seeds
     sps = steps_here / run_time if run_time > 0 else math.nan
-    result = TrainResult(run_dir, status, counters["env_steps"], eval_returns,
-                         time.time() - started, compile_time, sps)
+    result = TrainResult(
+        run_dir,
+        status,
+        counters["env_steps"],
+        eval_returns,
+        time.time() - started,
+        compile_time,
+        sps,
+    )
     _write_summary(result)
     return result
 
@@ -314,7 +355,9 @@ def _write_summary(result: TrainResult) -> None:
     summary = {
         "status": result.status,
         "env_steps": result.env_steps,
-        "eval_returns": None if result.eval_returns is None else np.asarray(result.eval_returns).tolist(),
+        "eval_returns": None
+        if result.eval_returns is None
+        else np.asarray(result.eval_returns).tolist(),
         "wall_time": result.wall_time,
         "compile_time": result.compile_time,
         "steps_per_second": result.steps_per_second,

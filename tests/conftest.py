@@ -13,8 +13,13 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
     """``preset`` shrunk to a few iterations: one call per iteration, eval every call."""
     run = load_preset(preset)
     spi = run.steps_per_iteration
-    train_fields = dict(total_steps=iterations * spi, log_every=spi, eval_every=spi,
-                        eval_episodes=2, checkpoint_every=0)
+    train_fields = dict(
+        total_steps=iterations * spi,
+        log_every=spi,
+        eval_every=spi,
+        eval_episodes=2,
+        checkpoint_every=0,
+    )
     train_fields.update(train)
     algo = run.algo
     if run.algorithm == "dqn":
@@ -23,8 +28,9 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
         run,
         algo=algo,
         train=dataclasses.replace(run.train, **train_fields),
-        log=dataclasses.replace(run.log, run_dir=str(tmp_path / "run"), tensorboard=False,
-                                progress=False),
+        log=dataclasses.replace(
+            run.log, run_dir=str(tmp_path / "run"), tensorboard=False, progress=False
+        ),
     )
 
 

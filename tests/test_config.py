@@ -8,8 +8,13 @@ import pytest
 from fleetrl.cli import main
 from fleetrl.config import ConfigError, config_from_dict, load_preset, preset_names
 
-PRESETS = ["ppo-cartpole", "ppo-acrobot", "ppo-pendulum", "ppo-mountaincar-continuous",
-           "dqn-cartpole"]
+PRESETS = [
+    "ppo-cartpole",
+    "ppo-acrobot",
+    "ppo-pendulum",
+    "ppo-mountaincar-continuous",
+    "dqn-cartpole",
+]
 
 
 def test_required_presets_exist_and_state_what_they_reach():
@@ -74,7 +79,12 @@ def test_yaml_python_tags_are_rejected(tmp_path):
 
 
 def test_presets_command_lists_one_line_each():
-    out = subprocess.run([sys.executable, "-m", "fleetrl", "presets"], capture_output=True,
-                         text=True, timeout=60, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "fleetrl", "presets"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
     for name in PRESETS:
         assert any(line.startswith(name + " ") for line in out.splitlines())

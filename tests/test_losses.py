@@ -23,8 +23,13 @@ def test_clipped_surrogate_hand_computed():
 def test_kl_penalized_surrogate_hand_computed():
     log_ratio = jnp.log(jnp.array([1.5, 0.5]))
     loss, metrics = losses.kl_penalized_surrogate(
-        log_ratio, jnp.zeros(2), jnp.array([1.0, -1.0]), jnp.array([0.01, 0.05]),
-        penalty=jnp.float32(2.0), cutoff=0.02, cutoff_coef=1000.0,
+        log_ratio,
+        jnp.zeros(2),
+        jnp.array([1.0, -1.0]),
+        jnp.array([0.01, 0.05]),
+        penalty=jnp.float32(2.0),
+        cutoff=0.02,
+        cutoff_coef=1000.0,
     )
     # surrogate -mean(1.5, -0.5) = -0.5; penalty 2 * 0.03 = 0.06; cutoff 1000 * mean(0, 0.03^2)
     assert float(metrics["kl_penalty_loss"]) == pytest.approx(0.06, abs=1e-6)
@@ -33,11 +38,19 @@ def test_kl_penalized_surrogate_hand_computed():
 
 
 def test_value_loss_and_kl_adaptation():
-    assert float(losses.value_loss(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]))) == pytest.approx(1.25)
+    assert float(losses.value_loss(jnp.array([1.0, 3.0]), jnp.array([0.0, 1.0]))) == pytest.approx(
+        1.25
+    )
     kl_target = 0.01
-    assert float(losses.adapt_kl_penalty(jnp.float32(1.0), jnp.float32(0.02), kl_target)) == pytest.approx(1.5)
-    assert float(losses.adapt_kl_penalty(jnp.float32(1.5), jnp.float32(0.005), kl_target)) == pytest.approx(1.0)
-    assert float(losses.adapt_kl_penalty(jnp.float32(1.0), jnp.float32(0.01), kl_target)) == pytest.approx(1.0)
+    assert float(
+        losses.adapt_kl_penalty(jnp.float32(1.0), jnp.float32(0.02), kl_target)
+    ) == pytest.approx(1.5)
+    assert float(
+        losses.adapt_kl_penalty(jnp.float32(1.5), jnp.float32(0.005), kl_target)
+    ) == pytest.approx(1.0)
+    assert float(
+        losses.adapt_kl_penalty(jnp.float32(1.0), jnp.float32(0.01), kl_target)
+    ) == pytest.approx(1.0)
 
 
 def test_td_loss_hand_computed():

@@ -78,13 +78,24 @@ def test_n_step_target_matches_reference(n):
     bootstrap = rng.normal(size=(n, B))
     terminated = rng.random((n, B)) < 0.15
     truncated = (rng.random((n, B)) < 0.15) & ~terminated
-    got = n_step_target(jnp.asarray(reward, jnp.float32), jnp.asarray(terminated),
-                        jnp.asarray(truncated), jnp.asarray(bootstrap, jnp.float32), 0.97)
-    np.testing.assert_allclose(got, n_step_reference(reward, terminated, truncated, bootstrap, 0.97),
-                               rtol=1e-5, atol=1e-5)
+    got = n_step_target(
+        jnp.asarray(reward, jnp.float32),
+        jnp.asarray(terminated),
+        jnp.asarray(truncated),
+        jnp.asarray(bootstrap, jnp.float32),
+        0.97,
+    )
+    np.testing.assert_allclose(
+        got, n_step_reference(reward, terminated, truncated, bootstrap, 0.97), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_one_step_target_hand_computed():
-    got = n_step_target(jnp.array([[1.0, 1.0]]), jnp.array([[False, True]]),
-                        jnp.array([[False, False]]), jnp.array([[10.0, 10.0]]), 0.5)
+    got = n_step_target(
+        jnp.array([[1.0, 1.0]]),
+        jnp.array([[False, True]]),
+        jnp.array([[False, False]]),
+        jnp.array([[10.0, 10.0]]),
+        0.5,
+    )
     np.testing.assert_allclose(got, [6.0, 1.0])

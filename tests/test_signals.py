@@ -15,11 +15,31 @@ pytestmark = pytest.mark.timeout(180)
 
 
 def start(run_dir, *extra):
-    cmd = [sys.executable, "-m", "fleetrl", "train", "ppo-cartpole", "--log.run-dir", str(run_dir),
-           "--log.progress", "False", "--log.tensorboard", "False",
-           "--train.total-steps", "100000000", "--train.log-every", "512", *extra]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env={**os.environ, "FLEETRL_CACHE_DIR": os.environ["FLEETRL_CACHE_DIR"]})
+    cmd = [
+        sys.executable,
+        "-m",
+        "fleetrl",
+        "train",
+        "ppo-cartpole",
+        "--log.run-dir",
+        str(run_dir),
+        "--log.progress",
+        "False",
+        "--log.tensorboard",
+        "False",
+        "--train.total-steps",
+        "100000000",
+        "--train.log-every",
+        "512",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "FLEETRL_CACHE_DIR": os.environ["FLEETRL_CACHE_DIR"]},
+    )
 
 
 def wait_for(predicate, timeout=120):
@@ -51,10 +71,21 @@ def test_signal_writes_checkpoint_and_exits_130(tmp_path, sig):
     assert latest is not None and (latest / "manifest.json").exists()
     # and the run resumes from it
     resumed = subprocess.run(
-        [sys.executable, "-m", "fleetrl", "train", "--resume", str(run_dir),
-         "--train.total-steps", str(int(latest.name.split("_")[1]) + 1024),
-         "--log.progress", "False"],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "fleetrl",
+            "train",
+            "--resume",
+            str(run_dir),
+            "--train.total-steps",
+            str(int(latest.name.split("_")[1]) + 1024),
+            "--log.progress",
+            "False",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 

@@ -26,15 +26,18 @@ def test_every_preset_smoke_runs(tiny, preset):
 
 def test_run_directory_contents_and_metrics_format(tiny):
     run = tiny("ppo-cartpole", num_seeds=2)
-    run = run.__class__(**{**run.__dict__, "log": run.log.__class__(
-        **{**run.log.__dict__, "tensorboard": True})})
+    run = run.__class__(
+        **{**run.__dict__, "log": run.log.__class__(**{**run.log.__dict__, "tensorboard": True})}
+    )
     result = train(run)
     run_dir = result.run_dir
     for name in ("config.yaml", "metadata.json", "metrics.jsonl"):
         assert (run_dir / name).is_file()
     assert list((run_dir / "tb").glob("seed_*/events.out.tfevents.*"))
     manifest = json.loads((checkpoint.latest(run_dir) / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and all("sha256" in f for f in manifest["files"].values())
+    assert manifest["format_version"] == 1 and all(
+        "sha256" in f for f in manifest["files"].values()
+    )
     recs = records(run_dir)
     assert all(isinstance(r["step"], int) and isinstance(r["time"], float) for r in recs)
     train_rec = next(r for r in recs if "losses/policy_loss" in r)
@@ -51,11 +54,23 @@ def final_state_bytes(run_dir):
 @pytest.mark.parametrize("preset", ["ppo-pendulum", "dqn-cartpole"])
 def test_resume_is_bit_exact(tiny, tmp_path, preset):
     straight = tiny(preset, iterations=4)
-    straight = straight.__class__(**{**straight.__dict__, "log": straight.log.__class__(
-        **{**straight.log.__dict__, "run_dir": str(tmp_path / "straight")})})
+    straight = straight.__class__(
+        **{
+            **straight.__dict__,
+            "log": straight.log.__class__(
+                **{**straight.log.__dict__, "run_dir": str(tmp_path / "straight")}
+            ),
+        }
+    )
     a = train(straight)
-    halves = straight.__class__(**{**straight.__dict__, "log": straight.log.__class__(
-        **{**straight.log.__dict__, "run_dir": str(tmp_path / "halves")})})
+    halves = straight.__class__(
+        **{
+            **straight.__dict__,
+            "log": straight.log.__class__(
+                **{**straight.log.__dict__, "run_dir": str(tmp_path / "halves")}
+            ),
+        }
+    )
     first = train(halves, stop_after_steps=a.env_steps // 2)
     assert first.status == "stopped" and first.env_steps == a.env_steps // 2
     b = train(halves, resume=first.run_dir)
@@ -77,7 +92,9 @@ def test_corrupted_checkpoint_is_refused_naming_the_file(tiny, capsys):
 
 def test_second_call_does_not_recompile(tiny):
     compiles = []
-    listener = lambda event, duration, **kw: compiles.append(event) if "backend_compile" in event else None
+    listener = lambda event, duration, **kw: (
+        compiles.append(event) if "backend_compile" in event else None
+    )
     jax.monitoring.register_event_duration_secs_listener(listener)
     jax.config.update("jax_enable_compilation_cache", False)  # count real compiles
     try:
@@ -85,8 +102,14 @@ def test_second_call_does_not_recompile(tiny):
         for iterations, name in ((2, "warmup"), (2, "short"), (5, "long")):
             compiles.clear()
             run = tiny("ppo-cartpole", iterations=iterations)
-            run = run.__class__(**{**run.__dict__, "log": run.log.__class__(
-                **{**run.log.__dict__, "run_dir": run.log.run_dir + name})})
+            run = run.__class__(
+                **{
+                    **run.__dict__,
+                    "log": run.log.__class__(
+                        **{**run.log.__dict__, "run_dir": run.log.run_dir + name}
+                    ),
+                }
+            )
             train(run)
             counts.append(len(compiles))
     finally:

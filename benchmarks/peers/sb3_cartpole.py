@@ -18,6 +18,7 @@
 Torch threads are left at SB3's/torch's default unless --torch-threads is given (recorded as torch_threads);
 device is CPU.
 """
+
 import time
 
 T0 = time.time()  # reference for time_to_threshold_s: taken before every other import
@@ -27,7 +28,11 @@ import json
 
 import torch
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback, EvalCallback, StopTrainingOnRewardThreshold
+from stable_baselines3.common.callbacks import (
+    BaseCallback,
+    EvalCallback,
+    StopTrainingOnRewardThreshold,
+)
 from stable_baselines3.common.env_util import make_vec_env
 
 THRESHOLD = 475.0
@@ -81,36 +86,77 @@ class StopAtThreshold(StopTrainingOnRewardThreshold):
 def run_ttt(seed, max_steps):
     env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
     eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=seed + 10_000)
-    model = PPO("MlpPolicy", env, n_steps=32, batch_size=256, gae_lambda=0.8, gamma=0.98, n_epochs=20,
-                ent_coef=0.0, learning_rate=linear(1e-3), clip_range=linear(0.2), seed=seed, verbose=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=32,
+        batch_size=256,
+        gae_lambda=0.8,
+        gamma=0.98,
+        n_epochs=20,
+        ent_coef=0.0,
+        learning_rate=linear(1e-3),
+        clip_range=linear(0.2),
+        seed=seed,
+        verbose=0,
+    )
     stop = StopAtThreshold(reward_threshold=THRESHOLD, verbose=0)
-    evalcb = TimedEval(eval_env, callback_on_new_best=stop, eval_freq=EVAL_EVERY // env.num_envs,
-                       n_eval_episodes=10, deterministic=True, verbose=0)
+    evalcb = TimedEval(
+        eval_env,
+        callback_on_new_best=stop,
+        eval_freq=EVAL_EVERY // env.num_envs,
+        n_eval_episodes=10,
+        deterministic=True,
+        verbose=0,
+    )
     first = FirstRollout()
     model.learn(total_timesteps=int(max_steps), callback=[first, evalcb])
     t_end, n_end = time.perf_counter(), model.num_timesteps
     t1, n1 = first.mark
     train_sps = (n_end - n1) / (t_end - t1 - evalcb.eval_s)
     reached = stop.hit is not None
-    return {"peer": "sb3", "seed": seed,
-            "time_to_threshold_s": round(stop.hit[0] - T0, 3) if reached else None,
-            "steps_to_threshold": stop.hit[1] if reached else None,
-            "reached": reached, "train_sps": round(train_sps, 1),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "peer": "sb3",
+        "seed": seed,
+        "time_to_threshold_s": round(stop.hit[0] - T0, 3) if reached else None,
+        "steps_to_threshold": stop.hit[1] if reached else None,
+        "reached": reached,
+        "train_sps": round(train_sps, 1),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run_steady(seed, steps):
     env = make_vec_env("CartPole-v1", n_envs=4, seed=seed)
-    model = PPO("MlpPolicy", env, n_steps=128, batch_size=128, n_epochs=4, learning_rate=linear(2.5e-4),
-                gamma=0.99, gae_lambda=0.95, clip_range=0.2, ent_coef=0.01, vf_coef=0.5, max_grad_norm=0.5,
-                policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh),
-                seed=seed, verbose=0)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=128,
+        batch_size=128,
+        n_epochs=4,
+        learning_rate=linear(2.5e-4),
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.01,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh),
+        seed=seed,
+        verbose=0,
+    )
     first = FirstRollout()
     model.learn(total_timesteps=int(steps), callback=first)
     t_end, n_end = time.perf_counter(), model.num_timesteps
     t1, n1 = first.mark
-    return {"peer": "sb3", "mode": "steady", "sps": round((n_end - n1) / (t_end - t1), 1),
-            "steps": n_end, "seed": seed, "torch_threads": torch.get_num_threads()}
+    return {
+        "peer": "sb3",
+        "mode": "steady",
+        "sps": round((n_end - n1) / (t_end - t1), 1),
+        "steps": n_end,
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def main():
@@ -119,7 +165,9 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=float, default=1e5, help="ttt budget (RL-Zoo n_timesteps)")
     p.add_argument("--steps", type=int, default=100_000, help="steady-mode env steps")
-    p.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: untouched)")
+    p.add_argument(
+        "--torch-threads", type=int, default=None, help="torch.set_num_threads (default: untouched)"
+    )
     a = p.parse_args()
     if a.torch_threads:
         torch.set_num_threads(a.torch_threads)

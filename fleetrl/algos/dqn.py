@@ -59,26 +59,43 @@ class Config:
     """Hidden activation."""
 
     def __post_init__(self):
-        require(self.learning_rate > 0, "algo.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(
+            self.learning_rate > 0, "algo.learning_rate", f"must be > 0, got {self.learning_rate}"
+        )
         require(0 <= self.gamma <= 1, "algo.gamma", f"must be in [0, 1], got {self.gamma}")
-        for name in ("buffer_size", "batch_size", "gradient_steps", "target_update_interval",
-                     "n_step"):
-            require(getattr(self, name) >= 1, f"algo.{name}", f"must be >= 1, got {getattr(self, name)}")
-        require(self.learning_starts >= 0, "algo.learning_starts",
-                f"must be >= 0, got {self.learning_starts}")
+        for name in (
+            "buffer_size",
+            "batch_size",
+            "gradient_steps",
+            "target_update_interval",
+            "n_step",
+        ):
+            require(
+                getattr(self, name) >= 1, f"algo.{name}", f"must be >= 1, got {getattr(self, name)}"
+            )
+        require(
+            self.learning_starts >= 0,
+            "algo.learning_starts",
+            f"must be >= 0, got {self.learning_starts}",
+        )
         require(0 < self.tau <= 1, "algo.tau", f"must be in (0, 1], got {self.tau}")
         for name in ("epsilon_start", "epsilon_end", "exploration_fraction"):
             value = getattr(self, name)
             require(0 <= value <= 1, f"algo.{name}", f"must be in [0, 1], got {value}")
-        require(self.max_grad_norm > 0, "algo.max_grad_norm", f"must be > 0, got {self.max_grad_norm}")
+        require(
+            self.max_grad_norm > 0, "algo.max_grad_norm", f"must be > 0, got {self.max_grad_norm}"
+        )
 
 
 def check_config(run) -> None:
     rows = run.algo.buffer_size // run.env.num_envs
-    require(rows >= max(run.train.num_steps, run.algo.n_step + 1), "algo.buffer_size",
-            f"{run.algo.buffer_size} transitions over env.num_envs={run.env.num_envs} envs leaves "
-            f"{rows} rows per env; it must hold at least one rollout (train.num_steps="
-            f"{run.train.num_steps})")
+    require(
+        rows >= max(run.train.num_steps, run.algo.n_step + 1),
+        "algo.buffer_size",
+        f"{run.algo.buffer_size} transitions over env.num_envs={run.env.num_envs} envs leaves "
+        f"{rows} rows per env; it must hold at least one rollout (train.num_steps="
+        f"{run.train.num_steps})",
+    )
 
 
 def check_spec(spec: EnvSpec) -> None:
@@ -103,7 +120,9 @@ def make(run, spec: EnvSpec) -> Algorithm:
     """Build DQN's ``init``, ``policy`` and ``learn`` for ``run`` (a RunConfig) and ``spec``."""
     cfg = run.algo
     network = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, out_gain=1.0)
-    optimizer = optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate))
+    optimizer = optax.chain(
+        optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate)
+    )
     capacity_rows = cfg.buffer_size // spec.num_envs
     decay_steps = max(1.0, cfg.exploration_fraction * run.train.total_steps)
     # learning_starts in buffer rows, and at least one n-step window
@@ -125,8 +144,14 @@ def make(run, spec: EnvSpec) -> Algorithm:
             "truncated": jnp.zeros((n,), bool),
             "next_obs": jnp.zeros((n,) + spec.observation_shape, jnp.float32),
         }
-        return DQNState(params, params, optimizer.init(params),
-                        replay.create(example, capacity_rows), jnp.int32(0), jnp.int32(0))
+        return DQNState(
+            params,
+            params,
+            optimizer.init(params),
+            replay.create(example, capacity_rows),
+            jnp.int32(0),
+            jnp.int32(0),
+        )
 
     def policy(state: DQNState, obs: Array, key: Array, explore: bool = True):
         greedy = jnp.argmax(network.apply(state.params, obs), axis=-1).astype(jnp.int32)
@@ -148,8 +173,13 @@ def make(run, spec: EnvSpec) -> Algorithm:
         else:
             next_action = jnp.argmax(next_q_target, axis=-1)
         next_value = jnp.take_along_axis(next_q_target, next_action[:, None], axis=-1)
-        target = n_step_target(batch["reward"], batch["terminated"], batch["truncated"],
-                               next_value.reshape(n, b), cfg.gamma)
+        target = n_step_target(
+            batch["reward"],
+            batch["terminated"],
+            batch["truncated"],
+            next_value.reshape(n, b),
+            cfg.gamma,
+        )
         target = jax.lax.stop_gradient(target)
         loss = td_loss(q_taken - target, cfg.loss)
         return loss, {"losses/td_loss": loss, "losses/q_values": q_taken.mean()}
@@ -167,22 +197,33 @@ def make(run, spec: EnvSpec) -> Algorithm:
         count = count + 1
         refresh = count % cfg.target_update_interval == 0
         target_params = jax.tree.map(
-            lambda online, target: jnp.where(refresh, cfg.tau * online + (1 - cfg.tau) * target, target),
-            params, target_params,
+            lambda online, target: jnp.where(
+                refresh, cfg.tau * online + (1 - cfg.tau) * target, target
+            ),
+            params,
+            target_params,
         )
         return (params, target_params, opt_state, count), metrics
 
     def learn(state: DQNState, rollout: Rollout, key: Array) -> tuple[DQNState, Metrics]:
         """Insert the ``[T, N]`` rollout, then ``gradient_steps`` updates once warm."""
-        steps = {"obs": rollout.obs, "action": rollout.action.astype(jnp.int32),
-                 "reward": rollout.reward, "terminated": rollout.terminated,
-                 "truncated": rollout.truncated, "next_obs": rollout.next_obs}
-        state = state.replace(buffer=replay.add(state.buffer, steps),
-                              env_steps=state.env_steps + rollout.reward.size)
+        steps = {
+            "obs": rollout.obs,
+            "action": rollout.action.astype(jnp.int32),
+            "reward": rollout.reward,
+            "terminated": rollout.terminated,
+            "truncated": rollout.truncated,
+            "next_obs": rollout.next_obs,
+        }
+        state = state.replace(
+            buffer=replay.add(state.buffer, steps), env_steps=state.env_steps + rollout.reward.size
+        )
 
         def train(learner):
             step = lambda carry, k: gradient_step(state.buffer, carry, k)
-            learner, metrics = jax.lax.scan(step, learner, jax.random.split(key, cfg.gradient_steps))
+            learner, metrics = jax.lax.scan(
+                step, learner, jax.random.split(key, cfg.gradient_steps)
+            )
             return learner, jax.tree.map(jnp.mean, metrics)
 
         def skip(learner):
@@ -192,8 +233,9 @@ def make(run, spec: EnvSpec) -> Algorithm:
         learner = (state.params, state.target_params, state.opt_state, state.gradient_steps)
         learner, metrics = jax.lax.cond(state.buffer.size >= start_rows, train, skip, learner)
         params, target_params, opt_state, count = learner
-        state = state.replace(params=params, target_params=target_params, opt_state=opt_state,
-                              gradient_steps=count)
+        state = state.replace(
+            params=params, target_params=target_params, opt_state=opt_state, gradient_steps=count
+        )
         metrics["train/epsilon"] = epsilon(state.env_steps)
         metrics["train/replay_size"] = state.buffer.size * spec.num_envs
         return state, metrics

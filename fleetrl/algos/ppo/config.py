@@ -60,17 +60,32 @@ class Config:
     """Initial log standard deviation of Gaussian actions."""
 
     def __post_init__(self):
-        require(self.learning_rate > 0, "algo.learning_rate", f"must be > 0, got {self.learning_rate}")
+        require(
+            self.learning_rate > 0, "algo.learning_rate", f"must be > 0, got {self.learning_rate}"
+        )
         require(0 <= self.gamma <= 1, "algo.gamma", f"must be in [0, 1], got {self.gamma}")
-        require(0 <= self.gae_lambda <= 1, "algo.gae_lambda", f"must be in [0, 1], got {self.gae_lambda}")
+        require(
+            0 <= self.gae_lambda <= 1,
+            "algo.gae_lambda",
+            f"must be in [0, 1], got {self.gae_lambda}",
+        )
         for name in ("num_epochs", "num_minibatches"):
-            require(getattr(self, name) >= 1, f"algo.{name}", f"must be >= 1, got {getattr(self, name)}")
+            require(
+                getattr(self, name) >= 1, f"algo.{name}", f"must be >= 1, got {getattr(self, name)}"
+            )
         for name in ("clip_eps", "kl_target", "max_grad_norm", "obs_clip", "reward_clip"):
-            require(getattr(self, name) > 0, f"algo.{name}", f"must be > 0, got {getattr(self, name)}")
+            require(
+                getattr(self, name) > 0, f"algo.{name}", f"must be > 0, got {getattr(self, name)}"
+            )
         for name in ("ent_coef", "vf_coef", "kl_init_penalty", "kl_cutoff_coef"):
-            require(getattr(self, name) >= 0, f"algo.{name}", f"must be >= 0, got {getattr(self, name)}")
-        require(all(s >= 1 for s in self.hidden_sizes), "algo.hidden_sizes",
-                f"sizes must be >= 1, got {self.hidden_sizes}")
+            require(
+                getattr(self, name) >= 0, f"algo.{name}", f"must be >= 0, got {getattr(self, name)}"
+            )
+        require(
+            all(s >= 1 for s in self.hidden_sizes),
+            "algo.hidden_sizes",
+            f"sizes must be >= 1, got {self.hidden_sizes}",
+        )
 
 
 def check_config(run) -> None:

@@ -133,8 +133,13 @@ def make(run, spec: EnvSpec) -> Algorithm:
         else:
             kl = kl_divergence(batch["old_out"], out)
             policy_loss, metrics = losses.kl_penalized_surrogate(
-                new_log_prob, batch["log_prob"], advantages, kl, penalty,
-                cfg.kl_cutoff_factor * cfg.kl_target, cfg.kl_cutoff_coef,
+                new_log_prob,
+                batch["log_prob"],
+                advantages,
+                kl,
+                penalty,
+                cfg.kl_cutoff_factor * cfg.kl_target,
+                cfg.kl_cutoff_coef,
             )
         value = critic.apply(params["critic"], batch["obs"])[:, 0]
         value_loss = losses.value_loss(value, batch["returns"])
@@ -162,8 +167,13 @@ def make(run, spec: EnvSpec) -> Algorithm:
         both = jnp.concatenate([obs, next_obs]).reshape((2 * batch_size,) + spec.observation_shape)
         values = critic.apply(state.params["critic"], both)[:, 0].reshape(2, num_steps, num_envs)
         advantages, returns = gae(
-            reward, values[0], values[1], rollout.terminated, rollout.truncated,
-            cfg.gamma, cfg.gae_lambda,
+            reward,
+            values[0],
+            values[1],
+            rollout.terminated,
+            rollout.truncated,
+            cfg.gamma,
+            cfg.gae_lambda,
         )
         flat = lambda x: x.reshape((batch_size,) + x.shape[2:])
         batch = {

@@ -38,7 +38,10 @@ def kl_penalized_surrogate(
     mean_kl = jnp.mean(kl)
     kl_loss = penalty * mean_kl
     cutoff_loss = cutoff_coef * jnp.mean(jnp.maximum(0.0, kl - cutoff) ** 2)
-    return surrogate + kl_loss + cutoff_loss, {"kl_penalty_loss": kl_loss, "kl_cutoff_loss": cutoff_loss}
+    return surrogate + kl_loss + cutoff_loss, {
+        "kl_penalty_loss": kl_loss,
+        "kl_cutoff_loss": cutoff_loss,
+    }
 
 
 def value_loss(value: Array, returns: Array) -> Array:
