@@ -75,6 +75,9 @@ class TrainConfig:
     """Env steps between checkpoints (0: only at the end)."""
     stop_at_return: float | None = None
     """Stop early once the evaluation return of every seed reaches this value."""
+    call_timeout: float = 600.0
+    """Seconds the first compiled call may take before the run is stopped as hung (0: never);
+    later calls may take 20x the slowest one before."""
 
     def __post_init__(self):
         for name in ("total_steps", "num_steps", "num_seeds", "log_every", "eval_episodes"):
@@ -84,6 +87,9 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
         require(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
+        require(
+            self.call_timeout >= 0, "train.call_timeout", f"must be >= 0, got {self.call_timeout}"
+        )
 
 
 @dataclass(frozen=True)

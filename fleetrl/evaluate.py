@@ -60,7 +60,7 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
 
     from fleetrl import checkpoint
     from fleetrl.config import ConfigError, load_preset
-    from fleetrl.train import build, make_init, over_seeds, seed_keys
+    from fleetrl.train import build, make_init, over_seeds, raw_keys, seed_keys
 
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():
@@ -78,6 +78,6 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     evaluate = jax.jit(
         over_seeds(make_evaluate(algo, eval_env, env.spec.max_episode_steps or 1000))
     )
-    keys = jnp.stack([jax.random.PRNGKey(seed + i) for i in range(run.train.num_seeds)])
+    keys = raw_keys([seed + i for i in range(run.train.num_seeds)])
     returns, lengths, _ = jax.device_get(evaluate(algo_state, keys))
     return np.asarray(returns), np.asarray(lengths)

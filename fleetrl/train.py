@@ -10,6 +10,7 @@ import hashlib
 import math
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -79,7 +80,16 @@ def build(run: RunConfig):
 
 
 def seed_keys(run: RunConfig) -> Array:
-    return jnp.stack([jax.random.PRNGKey(run.train.seed + i) for i in range(run.train.num_seeds)])
+    return raw_keys([run.train.seed + i for i in range(run.train.num_seeds)])
+
+
+def raw_keys(seeds: list[int], salt: int = 0) -> np.ndarray:
+    """``[len(seeds), 2]`` uint32 threefry keys built on the host.
+
+    Equal to ``jax.random.PRNGKey(seed)`` for ``salt=0``; built with NumPy because every small
+    jitted helper costs a compilation on a cold cache (~50 ms each on our CPU).
+    """
+    return np.array([[salt, seed & 0xFFFFFFFF] for seed in seeds], dtype=np.uint32)
 
 
 def make_init(algo, env):
@@ -142,6 +152,46 @@ def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["charts/episodic_return"] = np.where(count > 0, returns / count, np.nan)
         out["charts/episodic_length"] = np.where(count > 0, lengths / count, np.nan)
     return out
+
+
+class CallWatchdog:
+    """Turns a compiled call that never returns into a loud exit instead of a silent hang.
+
+    Why: with jax 0.10.2, XLA:CPU occasionally wedges its thread pool while executing a
+    vmapped (several seeds) program: every thread idles and the result never arrives. We saw it
+    in about one run in six with 16 seeds on our 2-core machine; no XLA flag we tried avoids it.
+    After ``timeout`` seconds the process prints what happened and exits with code 3; the last
+    committed checkpoint is intact and ``fleetrl train --resume RUN_DIR`` continues from it.
+    """
+
+    def __init__(self, run_dir: Path, timeout: float):
+        self.run_dir, self.timeout = run_dir, timeout
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, timeout: float | None = None) -> None:
+        if self.timeout <= 0:
+            return
+        self._done.clear()
+        limit = timeout or self.timeout
+        self._thread = threading.Thread(target=self._watch, args=(limit,), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self, limit: float) -> None:
+        if self._done.wait(limit):
+            return
+        latest = checkpoint.latest(self.run_dir)
+        sys.stderr.write(
+            f"\nfleetrl: error: a compiled training call has not returned after {limit:.0f} s "
+            "(train.call_timeout). XLA:CPU occasionally wedges when executing several vmapped "
+            "seeds; the process is stopped instead of hanging. Last committed checkpoint: "
+            f"{latest or 'none'}. Continue with: fleetrl train --resume {self.run_dir}\n"
+        )
+        sys.stderr.flush()
+        os._exit(3)
 
 
 class StopSignals:
@@ -231,18 +281,14 @@ def _compile(run, env, eval_env, algo, carry):
     train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call)
     max_steps = env.spec.max_episode_steps or 1000
     evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, max_steps)))
-    eval_keys = jax.vmap(jax.random.PRNGKey)(jnp.arange(run.train.num_seeds))
+    eval_keys = _eval_keys(run, 0)
     return train_call.lower(carry).compile(), evaluate.lower(carry.algo_state, eval_keys).compile()
 
 
-def _eval_keys(run: RunConfig, env_steps: int) -> Array:
+def _eval_keys(run: RunConfig, env_steps: int) -> np.ndarray:
     """Evaluation envs are seeded apart from training and identically across resumes."""
-    return jnp.stack(
-        [
-            jax.random.fold_in(jax.random.PRNGKey(run.train.seed + i + 1_000_003), env_steps)
-            for i in range(run.train.num_seeds)
-        ]
-    )
+    seeds = [run.train.seed + i for i in range(run.train.num_seeds)]
+    return raw_keys(seeds, salt=(1_000_003 + env_steps) & 0xFFFFFFFF)
 
 
 def _train_loop(
@@ -284,14 +330,19 @@ def _train_loop(
 
     status, eval_returns, last_eval_step, run_time = "completed", None, -1, 0.0
     first_iteration = counters["iteration"]
+    watchdog, slowest = CallWatchdog(run_dir, run.train.call_timeout), 0.0
     progress = Progress(console, run, counters["env_steps"]) if console else None
     with StopSignals(progress.on_signal if progress else None) as signals:
         try:
             while counters["iteration"] < run.num_iterations:
                 call_start = time.time()
+                # later calls: 20x the slowest call so far, at least the configured timeout / 5
+                watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
                 carry, metrics = train_call(carry)
                 metrics = summarize(jax.device_get(metrics))
+                watchdog.stop()
                 call_time = time.time() - call_start
+                slowest = max(slowest, call_time)
                 run_time += call_time
                 counters["iteration"] += run.iterations_per_call
                 steps = counters["env_steps"] = counters["iteration"] * spi

@@ -105,3 +105,15 @@ def test_second_ctrl_c_exits_at_once_and_keeps_checkpoint(tmp_path):
     assert proc.returncode in (130, -signal.SIGINT)
     returns, _ = evaluate_run(run_dir, episodes=1)  # verifies the manifest and checksums
     assert returns.shape == (1, 1)
+
+
+def test_watchdog_stops_a_call_that_never_returns(tmp_path):
+    """A wedged compiled call becomes exit code 3 with a message naming the run directory."""
+    code = (
+        "import time; from pathlib import Path; from fleetrl.train import CallWatchdog\n"
+        f"w = CallWatchdog(Path({str(tmp_path)!r}), timeout=0.5); w.start(); time.sleep(30)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3
+    assert "has not returned after 0 s" in proc.stderr or "after 1 s" in proc.stderr
+    assert f"fleetrl train --resume {tmp_path}" in proc.stderr
