@@ -38,6 +38,8 @@ def main() -> None:
                 "0",
                 "--train.checkpoint-every",
                 "0",
+                "--train.call-timeout",
+                "180",
             ],
             cache_dir=None,
         )
