@@ -74,6 +74,8 @@ def cmd_train(argv: list[str]) -> int:
     run = parse_run_config(preset, overrides, prog)
     if resume:
         run = _keep_run_dir(run, resume)
+    if run.train.num_seeds > 1:
+        use_one_core_for_vmapped_seeds()
     enable_compilation_cache()
     console = Console(stderr=False)
     if run.log.progress:
@@ -83,6 +85,22 @@ def cmd_train(argv: list[str]) -> int:
     )
     print_summary(console, result)
     return 130 if result.status == "interrupted" else 0
+
+
+def use_one_core_for_vmapped_seeds() -> None:
+    """Pin this process to one CPU before JAX creates its thread pool.
+
+    Why: with jax 0.10.2, XLA:CPU's thread pool sometimes wedges while executing a program
+    vmapped over seeds (2 of 3 runs of 16 seeds on our 2-core machine never returned); with one
+    CPU, 5 of 5 ran (docs/BENCHMARKS.md, section 4). ``FLEETRL_VMAP_ONE_CORE=0`` opts out.
+    """
+    import os
+
+    if os.environ.get("FLEETRL_VMAP_ONE_CORE", "1") == "0" or not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {min(cpus)})
 
 
 def _keep_run_dir(run, resume: str):
