@@ -52,6 +52,25 @@ CLEANRL_PPO = [
 ]
 
 
+def steady_args(steps: int, **train: int) -> list[str]:
+    """CleanRL's settings for ``steps`` env steps, one compiled call per 100 iterations, no
+    evaluation until the end, no checkpoints; ``train`` adds ``--train.<key> value`` pairs."""
+    args = [
+        *CLEANRL_PPO,
+        "--train.total-steps",
+        str(steps),
+        "--train.log-every",
+        "51200",
+        "--train.eval-every",
+        "0",
+        "--train.checkpoint-every",
+        "0",
+    ]
+    for key, value in train.items():
+        args += [f"--train.{key.replace('_', '-')}", str(value)]
+    return args
+
+
 def run_fleetrl(preset: str, args: list[str], cache_dir: str | None) -> dict:
     """Train in a fresh process; returns summary.json plus the metrics records and wall time."""
     run_dir = Path(tempfile.mkdtemp(prefix="fleetrl-bench-")) / "run"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import CLEANRL_PPO, DEFAULT_PEER_PYTHON, run_fleetrl, run_peer
+from common import DEFAULT_PEER_PYTHON, run_fleetrl, run_peer, steady_args
 
 
 def main() -> None:
@@ -24,25 +24,8 @@ def main() -> None:
     args = parser.parse_args()
     wall = {}
     for k in args.seeds:
-        r = run_fleetrl(
-            "ppo-cartpole",
-            [
-                *CLEANRL_PPO,
-                "--train.total-steps",
-                str(args.steps),
-                "--train.num-seeds",
-                str(k),
-                "--train.log-every",
-                "51200",
-                "--train.eval-every",
-                "0",
-                "--train.checkpoint-every",
-                "0",
-                "--train.call-timeout",
-                "180",
-            ],
-            cache_dir=None,
-        )
+        args_k = steady_args(args.steps, num_seeds=k, call_timeout=180)
+        r = run_fleetrl("ppo-cartpole", args_k, cache_dir=None)
         wall[k] = r["process_wall"]
         solved = sum(x >= 475 for x in r["eval_returns"])
         print(

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from common import CLEANRL_PPO, DEFAULT_PEER_PYTHON, median, run_fleetrl, run_peer
+from common import DEFAULT_PEER_PYTHON, median, run_fleetrl, run_peer, steady_args
 
 
 def main() -> None:
@@ -23,25 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     ours, peer = [], []
     for seed in range(args.seeds):
-        ours.append(
-            run_fleetrl(
-                "ppo-cartpole",
-                [
-                    *CLEANRL_PPO,
-                    "--train.total-steps",
-                    str(args.steps),
-                    "--train.seed",
-                    str(seed),
-                    "--train.log-every",
-                    "51200",
-                    "--train.eval-every",
-                    "0",
-                    "--train.checkpoint-every",
-                    "0",
-                ],
-                cache_dir=None,
-            )
-        )
+        ours.append(run_fleetrl("ppo-cartpole", steady_args(args.steps, seed=seed), cache_dir=None))
         if not args.skip_peer:
             peer.append(
                 run_peer(
