@@ -9,6 +9,16 @@ import pytest
 from fleetrl.config import RunConfig, load_preset
 
 
+def pytest_configure(config):
+    """Run the suite on one CPU, as the CLI does for vmapped seeds (see
+    fleetrl.cli.use_one_core_for_vmapped_seeds): tests train 2 seeds in-process, and XLA:CPU's
+    thread pool occasionally wedged on vmapped programs with jax 0.10.2. Must happen before JAX
+    creates its thread pool."""
+    from fleetrl.cli import use_one_core_for_vmapped_seeds
+
+    use_one_core_for_vmapped_seeds()
+
+
 def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
     """``preset`` shrunk to a few iterations: one call per iteration, eval every call."""
     run = load_preset(preset)
