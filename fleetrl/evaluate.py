@@ -9,14 +9,15 @@ from fleetrl.rollout import reset
 from fleetrl.types import Array
 
 
-def make_evaluate(algo, env, max_steps: int):
+def make_evaluate(algo, env, max_steps: int | None = None):
     """Return ``evaluate(algo_state, key) -> (returns[E], lengths[E], finished[E])``.
 
     Each of the ``E = env.spec.num_envs`` envs plays one episode with ``explore=False``; the loop
-    stops when all have finished or after ``max_steps`` steps (unfinished episodes report the
-    return so far with ``finished=False``).
+    stops when all have finished or after ``max_steps`` steps (default: the env's time limit, or
+    1000 if it has none; unfinished episodes report the return so far with ``finished=False``).
     """
     num_episodes = env.spec.num_envs
+    max_steps = max_steps or env.spec.max_episode_steps or 1000
 
     def evaluate(algo_state, key: Array):
         carry = reset(env, key)
@@ -75,9 +76,7 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
     restored, _ = checkpoint.load(latest, target)
     algo_state = restored["carry"].algo_state
-    evaluate = jax.jit(
-        over_seeds(make_evaluate(algo, eval_env, env.spec.max_episode_steps or 1000))
-    )
+    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env)))
     keys = raw_keys([seed + i for i in range(run.train.num_seeds)])
     returns, lengths, _ = jax.device_get(evaluate(algo_state, keys))
     return np.asarray(returns), np.asarray(lengths)

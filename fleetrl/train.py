@@ -279,8 +279,7 @@ def _compile(run, env, eval_env, algo, carry):
     """Compile the train call and the evaluation ahead of time (sequentially: compiling them in
     two threads deadlocked XLA:CPU on a later run in the same process, jax 0.10.2)."""
     train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call)
-    max_steps = env.spec.max_episode_steps or 1000
-    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, max_steps)))
+    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env)))
     eval_keys = _eval_keys(run, 0)
     return train_call.lower(carry).compile(), evaluate.lower(carry.algo_state, eval_keys).compile()
 

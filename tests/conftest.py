@@ -19,6 +19,11 @@ def pytest_configure(config):
     use_one_core_for_vmapped_seeds()
 
 
+def with_log(run: RunConfig, **log) -> RunConfig:
+    """``run`` with some ``log`` fields replaced."""
+    return dataclasses.replace(run, log=dataclasses.replace(run.log, **log))
+
+
 def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
     """``preset`` shrunk to a few iterations: one call per iteration, eval every call."""
     run = load_preset(preset)

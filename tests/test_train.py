@@ -9,6 +9,7 @@ import pytest
 from fleetrl import checkpoint
 from fleetrl.cli import main
 from fleetrl.train import train
+from tests.conftest import with_log
 from tests.test_config import PRESETS
 
 
@@ -26,9 +27,7 @@ def test_every_preset_smoke_runs(tiny, preset):
 
 def test_run_directory_contents_and_metrics_format(tiny):
     run = tiny("ppo-cartpole", num_seeds=2)
-    run = run.__class__(
-        **{**run.__dict__, "log": run.log.__class__(**{**run.log.__dict__, "tensorboard": True})}
-    )
+    run = with_log(run, tensorboard=True)
     result = train(run)
     run_dir = result.run_dir
     for name in ("config.yaml", "metadata.json", "metrics.jsonl"):
@@ -54,23 +53,9 @@ def final_state_bytes(run_dir):
 @pytest.mark.parametrize("preset", ["ppo-pendulum", "dqn-cartpole"])
 def test_resume_is_bit_exact(tiny, tmp_path, preset):
     straight = tiny(preset, iterations=4)
-    straight = straight.__class__(
-        **{
-            **straight.__dict__,
-            "log": straight.log.__class__(
-                **{**straight.log.__dict__, "run_dir": str(tmp_path / "straight")}
-            ),
-        }
-    )
+    straight = with_log(straight, run_dir=str(tmp_path / "straight"))
     a = train(straight)
-    halves = straight.__class__(
-        **{
-            **straight.__dict__,
-            "log": straight.log.__class__(
-                **{**straight.log.__dict__, "run_dir": str(tmp_path / "halves")}
-            ),
-        }
-    )
+    halves = with_log(straight, run_dir=str(tmp_path / "halves"))
     first = train(halves, stop_after_steps=a.env_steps // 2)
     assert first.status == "stopped" and first.env_steps == a.env_steps // 2
     b = train(halves, resume=first.run_dir)
@@ -102,14 +87,7 @@ def test_second_call_does_not_recompile(tiny):
         for iterations, name in ((2, "warmup"), (2, "short"), (5, "long")):
             compiles.clear()
             run = tiny("ppo-cartpole", iterations=iterations)
-            run = run.__class__(
-                **{
-                    **run.__dict__,
-                    "log": run.log.__class__(
-                        **{**run.log.__dict__, "run_dir": run.log.run_dir + name}
-                    ),
-                }
-            )
+            run = with_log(run, run_dir=run.log.run_dir + name)
             train(run)
             counts.append(len(compiles))
     finally:
