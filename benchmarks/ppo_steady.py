@@ -21,9 +21,11 @@ def main() -> None:
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
-    ours, peer = [], []
+    ours, one, peer = [], [], []
     for seed in range(args.seeds):
         ours.append(run_fleetrl("ppo-cartpole", steady_args(args.steps, seed=seed), cache_dir=None))
+        one_thread = [*steady_args(args.steps, seed=seed), "--train.xla-threads", "one"]
+        one.append(run_fleetrl("ppo-cartpole", one_thread, cache_dir=None))
         if not args.skip_peer:
             peer.append(
                 run_peer(
@@ -34,7 +36,9 @@ def main() -> None:
             )
         print(
             f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
-            f"(compile {ours[-1]['compile_time']:.2f} s, eval {ours[-1]['eval_returns']})"
+            f"(compile {ours[-1]['compile_time']:.2f} s, eval {ours[-1]['eval_returns']}); "
+            f"one XLA thread {one[-1]['steps_per_second']:,.0f} (compile "
+            f"{one[-1]['compile_time']:.2f} s)"
             + (
                 f" | rejax {peer[-1]['sps']:,.0f} steps/s (compile {peer[-1]['compile_s']:.2f} s)"
                 if peer
@@ -44,9 +48,15 @@ def main() -> None:
         )
     our_sps = median([r["steps_per_second"] for r in ours])
     our_compile = median([r["compile_time"] for r in ours])
+    one_sps = median([r["steps_per_second"] for r in one])
+    one_compile = median([r["compile_time"] for r in one])
     print(
         f"\nfleetrl PPO CartPole, CleanRL settings: median {our_sps:,.0f} steps/s, "
         f"compile {our_compile:.2f} s ({args.seeds} seeds)"
+    )
+    print(
+        f"  with --train.xla-threads one: median {one_sps:,.0f} steps/s, "
+        f"compile {one_compile:.2f} s"
     )
     if peer:
         peer_sps = median([r["sps"] for r in peer])
@@ -57,7 +67,8 @@ def main() -> None:
         )
         print(
             f"ratio fleetrl / rejax: steps/s {our_sps / peer_sps:.2f}x, "
-            f"compile time {our_compile / peer_compile:.2f}x"
+            f"compile time {our_compile / peer_compile:.2f}x; with one XLA thread: steps/s "
+            f"{one_sps / peer_sps:.2f}x, compile time {one_compile / peer_compile:.2f}x"
         )
 
 

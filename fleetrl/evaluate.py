@@ -61,7 +61,16 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
 
     from fleetrl import checkpoint
     from fleetrl.config import ConfigError, load_preset
-    from fleetrl.train import build, make_init, over_seeds, raw_keys, seed_keys
+    from fleetrl.train import (
+        build,
+        close_envs,
+        compile_light,
+        host_metrics,
+        make_init,
+        over_seeds,
+        raw_keys,
+        seed_keys,
+    )
 
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():
@@ -69,14 +78,22 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     run = load_preset(str(config_path))
     if episodes is not None:
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, eval_episodes=episodes))
-    env, eval_env, algo = build(run)
     latest = checkpoint.latest(run_dir)
     if latest is None:
         raise ConfigError(f"{run_dir}: no committed checkpoint to evaluate")
-    target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
-    restored, _ = checkpoint.load(latest, target)
-    algo_state = restored["carry"].algo_state
-    evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env)))
-    keys = raw_keys([seed + i for i in range(run.train.num_seeds)])
-    returns, lengths, _ = jax.device_get(evaluate(algo_state, keys))
+    env, eval_env, algo = build(run)
+    try:
+        target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
+        restored, _ = checkpoint.load(latest, target)
+        algo_state = restored["carry"].algo_state
+        keys = raw_keys([seed + i for i in range(run.train.num_seeds)])
+        evaluate = jax.jit(
+            over_seeds(make_evaluate(algo, eval_env, run.train.eval_max_steps or None))
+        )
+        returns, lengths, _ = jax.device_get(
+            compile_light(evaluate, algo_state, keys)(algo_state, keys)
+        )
+        host_metrics(eval_env)
+    finally:
+        close_envs(env, eval_env)
     return np.asarray(returns), np.asarray(lengths)

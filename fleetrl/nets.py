@@ -12,17 +12,40 @@ import numpy as np
 ACTIVATIONS = {"tanh": nn.tanh, "relu": nn.relu, "elu": nn.elu, "gelu": nn.gelu}
 
 
+class NatureCNN(nn.Module):
+    """The DQN Nature paper's torso (Mnih et al. 2015): conv 32x8x8/4, 64x4x4/2, 64x3x3/1,
+    dense 512, ReLU. Input ``[B, C, H, W]`` uint8 frames (stacked first, as gymnasium's
+    FrameStackObservation gives them), scaled to [0, 1] here so rollouts store bytes."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.transpose(x.astype(jnp.float32) / 255.0, (0, 2, 3, 1))
+        init = nn.initializers.orthogonal(np.sqrt(2))
+        for features, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+            x = nn.relu(
+                nn.Conv(features, (kernel, kernel), (stride, stride), "VALID", kernel_init=init)(x)
+            )
+        x = x.reshape((x.shape[0], -1))
+        return nn.relu(nn.Dense(512, kernel_init=init)(x))
+
+
 class MLP(nn.Module):
-    """Hidden layers, then a linear output of ``out_size`` (orthogonal init, gain ``out_gain``)."""
+    """Hidden layers, then a linear output of ``out_size`` (orthogonal init, gain ``out_gain``).
+
+    ``torso="nature_cnn"`` puts `NatureCNN` in front of the hidden layers (image observations).
+    """
 
     hidden_sizes: Sequence[int]
     out_size: int
     activation: str = "tanh"
     out_gain: float = 1.0
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, x):
         act = ACTIVATIONS[self.activation]
+        if self.torso == "nature_cnn":
+            x = NatureCNN()(x)
         x = x.reshape((x.shape[0], -1)) if x.ndim > 1 else x
         for size in self.hidden_sizes:
             x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
@@ -36,10 +59,11 @@ class GaussianHead(nn.Module):
     action_size: int
     activation: str = "tanh"
     init_log_std: float = 0.0
+    torso: str = "mlp"
 
     @nn.compact
     def __call__(self, x):
-        mean = MLP(self.hidden_sizes, self.action_size, self.activation, 0.01)(x)
+        mean = MLP(self.hidden_sizes, self.action_size, self.activation, 0.01, self.torso)(x)
         log_std = self.param(
             "log_std", nn.initializers.constant(self.init_log_std), (self.action_size,)
         )

@@ -27,6 +27,17 @@ def with_log(run: RunConfig, **log) -> RunConfig:
 def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
     """``preset`` shrunk to a few iterations: one call per iteration, eval every call."""
     run = load_preset(preset)
+    if run.env.backend == "gymnasium":  # host envs: short rollouts, the pool's workers kept
+        run = dataclasses.replace(
+            run, train=dataclasses.replace(run.train, num_steps=min(run.train.num_steps, 32))
+        )
+    if run.env.preprocess == "atari":  # the CNN on a CPU: a few frames, short evaluations
+        run = dataclasses.replace(
+            run,
+            env=dataclasses.replace(run.env, num_envs=2),
+            train=dataclasses.replace(run.train, num_steps=16, eval_max_steps=50),
+            algo=dataclasses.replace(run.algo, num_epochs=1, num_minibatches=1),
+        )
     spi = run.steps_per_iteration
     train_fields = dict(
         total_steps=iterations * spi,

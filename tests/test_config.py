@@ -15,11 +15,23 @@ PRESETS = [
     "ppo-mountaincar-continuous",
     "dqn-cartpole",
 ]
+HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
+    "ppo-cartpole-gym",
+    "dqn-cartpole-gym",
+    "ppo-lunarlander",
+    "ppo-halfcheetah",
+    "ppo-hopper",
+    "ppo-walker2d",
+    "ppo-ant",
+    "ppo-humanoid",
+    "ppo-pong",
+    "ppo-breakout",
+]
 
 
 def test_required_presets_exist_and_state_what_they_reach():
     names = preset_names()
-    for name in PRESETS:
+    for name in PRESETS + HOST_PRESETS:
         assert name in names
         run = load_preset(name)
         assert run.description and run.reaches
@@ -37,6 +49,10 @@ def test_unknown_key_names_key_and_suggests(capsys):
         (["--algo.learning-rate", "-0.1"], "algo.learning_rate"),
         (["--algo.num-minibatches", "3"], "algo.num_minibatches"),
         (["--env.num-envs", "0"], "env.num_envs"),
+        (["--env.num-workers", "9"], "env.num_workers"),
+        (["--env.kwargs", "[1, 2]"], "env.kwargs"),
+        (["--env.kwargs", "{a: [1"], "env.kwargs"),
+        (["--env.step-timeout", "0"], "env.step_timeout"),
         (["--train.total-steps", "0"], "train.total_steps"),
     ],
 )

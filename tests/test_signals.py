@@ -110,7 +110,7 @@ def test_second_ctrl_c_exits_at_once_and_keeps_checkpoint(tmp_path):
 def test_watchdog_stops_a_call_that_never_returns(tmp_path):
     """A wedged compiled call becomes exit code 3 with a message naming the run directory."""
     code = (
-        "import time; from pathlib import Path; from fleetrl.train import CallWatchdog\n"
+        "import time; from pathlib import Path; from fleetrl.interrupts import CallWatchdog\n"
         f"w = CallWatchdog(Path({str(tmp_path)!r}), timeout=0.5); w.start(); time.sleep(30)\n"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -10,14 +10,15 @@ from fleetrl import checkpoint
 from fleetrl.cli import main
 from fleetrl.train import train
 from tests.conftest import with_log
-from tests.test_config import PRESETS
+from tests.test_config import HOST_PRESETS, PRESETS
 
 
 def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("preset", PRESETS + HOST_PRESETS)
 def test_every_preset_smoke_runs(tiny, preset):
     result = train(tiny(preset))
     assert result.status == "completed"

@@ -15,6 +15,8 @@
   max_grad_norm 0.5, separate 64-64 tanh actor/critic. Runs --steps env steps, no evaluation; sps is
   measured from the end of the first rollout to the end of training.
 
+--mode zoo: raw throughput at RL-Zoo's settings (as ttt) for --steps env steps, no evaluation.
+
 Torch threads are left at SB3's/torch's default unless --torch-threads is given (recorded as torch_threads);
 device is CPU.
 """
@@ -83,12 +85,11 @@ class StopAtThreshold(StopTrainingOnRewardThreshold):
         return cont
 
 
-def run_ttt(seed, max_steps):
-    env = make_vec_env("CartPole-v1", n_envs=8, seed=seed)
-    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=seed + 10_000)
-    model = PPO(
+def zoo_model(seed):
+    """PPO with RL-Zoo's CartPole-v1 settings on 8 envs."""
+    return PPO(
         "MlpPolicy",
-        env,
+        make_vec_env("CartPole-v1", n_envs=8, seed=seed),
         n_steps=32,
         batch_size=256,
         gae_lambda=0.8,
@@ -100,6 +101,12 @@ def run_ttt(seed, max_steps):
         seed=seed,
         verbose=0,
     )
+
+
+def run_ttt(seed, max_steps):
+    model = zoo_model(seed)
+    env = model.get_env()
+    eval_env = make_vec_env("CartPole-v1", n_envs=1, seed=seed + 10_000)
     stop = StopAtThreshold(reward_threshold=THRESHOLD, verbose=0)
     evalcb = TimedEval(
         eval_env,
@@ -159,9 +166,26 @@ def run_steady(seed, steps):
     }
 
 
+def run_zoo_steady(seed, steps):
+    """RL-Zoo's CartPole settings (as run_ttt) without evaluation: raw training throughput."""
+    model = zoo_model(seed)
+    first = FirstRollout()
+    model.learn(total_timesteps=int(steps), callback=first)
+    t_end, n_end = time.perf_counter(), model.num_timesteps
+    t1, n1 = first.mark
+    return {
+        "peer": "sb3",
+        "mode": "zoo",
+        "sps": round((n_end - n1) / (t_end - t1), 1),
+        "steps": n_end,
+        "seed": seed,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--mode", choices=["ttt", "steady"], default="ttt")
+    p.add_argument("--mode", choices=["ttt", "steady", "zoo"], default="ttt")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-steps", type=float, default=1e5, help="ttt budget (RL-Zoo n_timesteps)")
     p.add_argument("--steps", type=int, default=100_000, help="steady-mode env steps")
@@ -171,7 +195,12 @@ def main():
     a = p.parse_args()
     if a.torch_threads:
         torch.set_num_threads(a.torch_threads)
-    out = run_ttt(a.seed, a.max_steps) if a.mode == "ttt" else run_steady(a.seed, a.steps)
+    if a.mode == "ttt":
+        out = run_ttt(a.seed, a.max_steps)
+    elif a.mode == "zoo":
+        out = run_zoo_steady(a.seed, a.steps)
+    else:
+        out = run_steady(a.seed, a.steps)
     print(json.dumps(out), flush=True)
 
 

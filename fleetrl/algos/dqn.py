@@ -120,8 +120,9 @@ def make(run, spec: EnvSpec) -> Algorithm:
     """Build DQN's ``init``, ``policy`` and ``learn`` for ``run`` (a RunConfig) and ``spec``."""
     cfg = run.algo
     network = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, out_gain=1.0)
-    optimizer = optax.chain(
-        optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate)
+    # one flat vector for Adam: fewer XLA:CPU kernels per gradient step (see ppo/learner.py)
+    optimizer = optax.flatten(
+        optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate))
     )
     capacity_rows = cfg.buffer_size // spec.num_envs
     decay_steps = max(1.0, cfg.exploration_fraction * run.train.total_steps)

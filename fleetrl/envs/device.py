@@ -68,6 +68,15 @@ def _import_gymnax() -> Any:
     return gymnax
 
 
+def is_gymnax_id(env_id: str) -> bool:
+    """Whether gymnax has ``env_id`` (checks the cheap classic-control list first)."""
+    if env_id in _CLASSIC_CONTROL:
+        return True
+    if ":" in env_id:
+        return False
+    return env_id in _import_gymnax().registered_envs
+
+
 def make_gymnax(env_id: str) -> tuple[Any, Any]:
     """Return ``(env, params)`` for a gymnax id, importing as little of gymnax as possible."""
     if env_id in _CLASSIC_CONTROL:

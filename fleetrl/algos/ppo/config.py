@@ -55,7 +55,10 @@ class Config:
     hidden_sizes: tuple[int, ...] = (64, 64)
     """Hidden layers of the actor and of the (separate) critic."""
     activation: Literal["tanh", "relu", "elu", "gelu"] = "tanh"
-    """Hidden activation."""
+    """Activation of the hidden layers."""
+    network: Literal["mlp", "nature_cnn"] = "mlp"
+    """mlp: for vector observations; nature_cnn: a Nature-DQN conv torso in front of the hidden
+    layers, for stacked uint8 frames [C, 84, 84] (Atari); actor and critic each have their own."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian actions."""
 

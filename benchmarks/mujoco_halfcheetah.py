@@ -1,0 +1,60 @@
+"""PPO on MuJoCo HalfCheetah-v5: fleetrl's ppo-halfcheetah preset (8 envs in 2 worker processes)
+against Stable-Baselines3 PPO at the same settings (8 envs in-process, VecNormalize).
+
+Each side trains --steps env steps in a fresh process (no evaluation); prints steps/s, the ratio
+and the wall time to 1M steps projected from it. A full 1M-step fleetrl run is in
+docs/BENCHMARKS.md with its command.
+
+    python benchmarks/mujoco_halfcheetah.py [--seeds 3] [--steps 40960] [--peer-python PY]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from common import DEFAULT_PEER_PYTHON, median, run_fleetrl, run_peer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=40_960)
+    parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
+    args = parser.parse_args()
+    ours, peer = [], []
+    for seed in range(args.seeds):
+        train = [
+            "--train.total-steps", str(args.steps),
+            "--train.log-every", "10240",
+            "--train.eval-every", "0",
+            "--train.checkpoint-every", "0",
+            "--train.seed", str(seed),
+        ]  # fmt: skip
+        ours.append(run_fleetrl("ppo-halfcheetah", train, None))
+        peer.append(
+            run_peer(
+                args.peer_python,
+                "sb3_mujoco.py",
+                ["--steps", str(args.steps), "--seed", str(seed)],
+            )
+        )
+        print(
+            f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
+            f"(compile {ours[-1]['compile_time']:.1f} s) | SB3 {peer[-1]['sps']:,.0f} steps/s",
+            flush=True,
+        )
+    our_sps = median([r["steps_per_second"] for r in ours])
+    peer_sps = median([r["sps"] for r in peer])
+    print(
+        f"\nfleetrl ppo-halfcheetah: median {our_sps:,.0f} steps/s -> 1M steps in "
+        f"{1e6 / our_sps / 60:.1f} min (projected)"
+    )
+    print(
+        f"SB3 PPO, same settings: median {peer_sps:,.0f} steps/s -> 1M steps in "
+        f"{1e6 / peer_sps / 60:.1f} min (projected)"
+    )
+    print(f"ratio fleetrl / SB3: {our_sps / peer_sps:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

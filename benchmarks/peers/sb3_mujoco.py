@@ -1,0 +1,81 @@
+"""Stable-Baselines3 PPO on a MuJoCo env (peer benchmark for fleetrl's ppo-halfcheetah preset).
+
+Same settings as fleetrl's preset (CleanRL's ppo_continuous_action): 8 envs (DummyVecEnv) x 256
+steps, 10 epochs of 64-sample minibatches, lr 3e-4 linearly annealed, gamma 0.99, GAE 0.95, clip
+0.2, no entropy bonus, separate 64-64 tanh networks, VecNormalize on observations and rewards.
+Runs --steps env steps without evaluation and prints one JSON line with the steps/s measured from
+the end of the first rollout.
+"""
+
+import time
+
+T0 = time.time()
+
+import argparse
+import json
+
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import VecNormalize
+
+
+class FirstRollout(BaseCallback):
+    def __init__(self):
+        super().__init__()
+        self.mark = None
+
+    def _on_step(self):
+        return True
+
+    def _on_rollout_end(self):
+        if self.mark is None:
+            self.mark = (time.perf_counter(), self.model.num_timesteps)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="HalfCheetah-v5")
+    p.add_argument("--steps", type=int, default=40_960)
+    p.add_argument("--seed", type=int, default=0)
+    a = p.parse_args()
+    env = VecNormalize(make_vec_env(a.env, n_envs=8, seed=a.seed), gamma=0.99)
+    model = PPO(
+        "MlpPolicy",
+        env,
+        n_steps=256,
+        batch_size=64,
+        n_epochs=10,
+        learning_rate=lambda remaining: remaining * 3e-4,
+        gamma=0.99,
+        gae_lambda=0.95,
+        clip_range=0.2,
+        ent_coef=0.0,
+        vf_coef=0.5,
+        max_grad_norm=0.5,
+        policy_kwargs=dict(net_arch=dict(pi=[64, 64], vf=[64, 64]), activation_fn=torch.nn.Tanh),
+        seed=a.seed,
+        verbose=0,
+    )
+    first = FirstRollout()
+    model.learn(total_timesteps=a.steps, callback=first)
+    t1, n1 = first.mark
+    sps = (model.num_timesteps - n1) / (time.perf_counter() - t1)
+    print(
+        json.dumps(
+            {
+                "peer": "sb3",
+                "env": a.env,
+                "sps": round(sps, 1),
+                "steps": model.num_timesteps,
+                "seed": a.seed,
+                "torch_threads": torch.get_num_threads(),
+            }
+        ),
+        flush=True,
+    )
+
+
+if __name__ == "__main__":
+    main()

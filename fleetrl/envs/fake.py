@@ -1,0 +1,198 @@
+"""`FaultyEnv`: a small gymnasium env with injectable faults, for pool tests and benchmarks.
+
+Modelled on RLlib's ``CartPoleCrashing``: crashes (probabilistic or at step n) in ``step``,
+``reset`` and the constructor, stalls, hard exits, NaN/Inf injection, restricted to some env
+indices, with a fault counter kept in a file so that it survives worker restarts ("crash once,
+then work"). ``burn_us`` spends that much CPU time per step, to stand in for a costly simulator.
+
+Also `OldGymEnv`, an env in the pre-gymnasium API, to test that pools reject it.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import types
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+
+
+class InjectedFault(RuntimeError):
+    """What `FaultyEnv` raises when told to crash."""
+
+
+class FaultyEnv(gymnasium.Env):
+    """A random walk seen through ``obs_size`` float32 coordinates; actions Discrete(2) (push
+    left/right) or, with ``continuous``, Box(-1, 1, (1,)).
+
+    Dynamics: ``position += 0.1 * push + noise``; terminated when ``|position| > 1``, truncated
+    after ``max_episode_steps``; reward 1 per step; deterministic given the reset seed. A step
+    costs ~2 us plus ``burn_us``.
+
+    Faults fire only in envs whose ``env_index`` is in ``fault_envs`` (default: all) and, when
+    ``counter_path`` is given, only while fewer than ``max_faults`` faults are recorded there
+    (each fault appends one byte, so the count survives process restarts). Step and reset
+    numbers count calls since construction, from 1. ``exit_how``: "exit" (``os._exit(3)``) or
+    "sigkill"; only use these in worker processes.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        env_index: int = 0,
+        *,
+        obs_size: int = 4,
+        continuous: bool = False,
+        max_episode_steps: int = 200,
+        burn_us: float = 0.0,
+        fault_envs: tuple[int, ...] | None = None,
+        counter_path: str | None = None,
+        max_faults: int | None = None,
+        crash_in_init: bool = False,
+        init_delay: float = 0.0,
+        crash_at_step: int | None = None,
+        crash_at_reset: int | None = None,
+        crash_step_prob: float = 0.0,
+        crash_reset_prob: float = 0.0,
+        stall_at_step: int | None = None,
+        stall_seconds: float = 0.0,
+        exit_at_step: int | None = None,
+        exit_how: str = "exit",
+        nonfinite_at_step: int | None = None,
+        nonfinite_in: str = "obs",
+        nonfinite_value: float = float("nan"),
+        both_flags_at_step: int | None = None,
+    ):
+        faults = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.faults = types.SimpleNamespace(**faults)
+        self.env_index = env_index
+        self.continuous = continuous
+        self.max_episode_steps = max_episode_steps
+        self.burn_ns = int(burn_us * 1000)
+        self.step_faults = (
+            any(
+                x is not None
+                for x in (crash_at_step, stall_at_step, exit_at_step, nonfinite_at_step)
+            )
+            or bool(crash_step_prob)
+            or both_flags_at_step is not None
+        )
+        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)
+        if continuous:
+            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        else:
+            self.action_space = spaces.Discrete(2)
+        self.scale = np.arange(1, obs_size + 1, dtype=np.float32)
+        self.num_steps = self.num_resets = self.episode_steps = 0
+        self.position = 0.0
+        self.noise = random.Random(env_index)
+        self.fault_rng = random.Random(env_index)
+        if init_delay and self._fault():
+            time.sleep(init_delay)
+        if crash_in_init and self._fault():
+            raise InjectedFault(f"injected crash in the constructor of env {env_index}")
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        f = self.faults
+        self.num_resets += 1
+        if (f.crash_at_reset == self.num_resets and self._fault()) or (
+            f.crash_reset_prob and self.fault_rng.random() < f.crash_reset_prob and self._fault()
+        ):
+            raise InjectedFault(
+                f"injected crash in reset {self.num_resets} of env {self.env_index}"
+            )
+        self.noise = random.Random(int(self.np_random.integers(2**62)))
+        self.position = self.noise.uniform(-0.05, 0.05)
+        self.episode_steps = 0
+        return self.scale * np.float32(self.position), {}
+
+    def step(self, action: Any):
+        self.num_steps += 1
+        self.episode_steps += 1
+        if self.burn_ns:
+            _burn(self.burn_ns)
+        if self.continuous:
+            push = float(np.asarray(action).reshape(-1)[0])
+        else:
+            push = 2.0 * action - 1.0
+        self.position += 0.1 * push + self.noise.gauss(0.0, 0.05)
+        obs = self.scale * np.float32(self.position)
+        terminated = abs(self.position) > 1.0
+        truncated = self.episode_steps >= self.max_episode_steps
+        if not self.step_faults:
+            return obs, 1.0, terminated, truncated, {}
+        return self._step_with_faults(obs, terminated, truncated)
+
+    def _step_with_faults(self, obs, terminated, truncated):
+        f, n, reward = self.faults, self.num_steps, 1.0
+        if f.stall_at_step == n and self._fault():
+            time.sleep(f.stall_seconds)
+        if f.exit_at_step == n and self._fault():
+            if f.exit_how == "sigkill":
+                os.kill(os.getpid(), signal.SIGKILL)
+            os._exit(3)
+        if (f.crash_at_step == n and self._fault()) or (
+            f.crash_step_prob and self.fault_rng.random() < f.crash_step_prob and self._fault()
+        ):
+            raise InjectedFault(f"injected crash in step {n} of env {self.env_index}")
+        if f.nonfinite_at_step == n and self._fault():
+            if f.nonfinite_in == "obs":
+                obs[0] = f.nonfinite_value
+            else:
+                reward = f.nonfinite_value
+        if f.both_flags_at_step == n:
+            terminated = truncated = True
+        return obs, reward, terminated, truncated, {}
+
+    def _fault(self) -> bool:
+        """Whether a fault may fire here now; records it in the counter file if so."""
+        f = self.faults
+        if f.fault_envs is not None and self.env_index not in f.fault_envs:
+            return False
+        if f.counter_path is None:
+            return True
+        if f.max_faults is not None and fault_count(f.counter_path) >= f.max_faults:
+            return False
+        with open(f.counter_path, "ab") as counter:
+            counter.write(b"x")
+        return True
+
+
+def fault_count(path: str) -> int:
+    """Faults recorded in ``path`` by `FaultyEnv` (in any process)."""
+    try:
+        return os.path.getsize(path)
+    except FileNotFoundError:
+        return 0
+
+
+def _burn(nanoseconds: int) -> None:
+    """Spend ``nanoseconds`` of this thread's CPU time (not wall time: a preempted worker does
+    not get the time for free)."""
+    end = time.thread_time_ns() + nanoseconds
+    while time.thread_time_ns() < end:
+        pass
+
+
+class OldGymEnv:
+    """The gym <= 0.25 API: ``reset()`` without a seed returning the obs alone, 4-tuple steps."""
+
+    def __init__(self, env_index: int = 0):
+        self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+        self.action_space = spaces.Discrete(2)
+
+    def reset(self):
+        return np.zeros(2, np.float32)
+
+    def step(self, action):
+        return np.zeros(2, np.float32), 1.0, False, {}
+
+    def close(self):
+        pass

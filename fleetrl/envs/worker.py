@@ -1,0 +1,408 @@
+"""What runs inside an `EnvPool` worker: a group of envs stepping straight into shared arrays.
+
+The same `EnvGroup` serves in-process pools (``num_workers=0``) on plain arrays. This module is
+the entry point of the spawned worker processes, so it imports numpy and gymnasium only (no JAX,
+no other fleetrl module than `checks`).
+
+Protocol (one round trip per batched step): the parent writes the actions and a command code into
+shared memory and releases the worker's ``command`` semaphore; the worker runs the command on its
+envs, writes the results and a status code into shared memory, and releases its ``done``
+semaphore. Rare messages travel over a pipe: spaces and attach at startup, seeds for a reset, and
+the formatted traceback of a failure (sent after ``done``, so a long traceback cannot block the
+worker on a full pipe while the parent waits on the semaphore).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fleetrl.envs import checks
+
+STEP, RESET, CLOSE = 1, 2, 3
+OK, FAILED = 0, 1
+_ALIGN = 64  # bytes; also the per-worker stride of command/status, so workers share no line
+
+
+# ---- building envs ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EnvFactory:
+    """Picklable ``make_env(index)`` for an id: a gymnasium id or ``"module.path:ClassName"``.
+
+    A class (or function) named by ``module:Name`` is called with ``env_kwargs``, plus
+    ``env_index=index`` when it accepts that argument; ``max_episode_steps`` then adds a
+    ``TimeLimit``. Anything else goes to ``gymnasium.make(env_id, **env_kwargs)``.
+    """
+
+    env_id: str
+    env_kwargs: tuple[tuple[str, Any], ...] = ()
+    max_episode_steps: int | None = None
+
+    def __call__(self, index: int) -> Any:
+        import gymnasium
+
+        kwargs = dict(self.env_kwargs)
+        constructor = _import_attribute(self.env_id)
+        if constructor is None:
+            if self.max_episode_steps is not None:
+                kwargs["max_episode_steps"] = self.max_episode_steps
+            return gymnasium.make(self.env_id, **kwargs)
+        if _accepts(constructor, "env_index"):
+            kwargs.setdefault("env_index", index)
+        env = constructor(**kwargs)
+        if self.max_episode_steps is not None:
+            env = gymnasium.wrappers.TimeLimit(env, self.max_episode_steps)
+        return env
+
+
+def _import_attribute(env_id: str) -> Any:
+    """``module:Name`` -> the callable, or None when it is not one (gymnasium's own syntax)."""
+    module_name, _, name = env_id.partition(":")
+    if not name:
+        return None
+    try:
+        attribute = getattr(importlib.import_module(module_name), name, None)
+    except ImportError:
+        return None
+    return attribute if callable(attribute) else None
+
+
+def _accepts(function: Any, name: str) -> bool:
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return False
+    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+
+
+def call_style(make_env: Any) -> str:
+    """How to call ``make_env`` for env ``i``: ``"index"`` -> ``make_env(i)`` when it has a
+    required positional parameter, ``"env_index"`` -> ``make_env(env_index=i)`` when it names an
+    ``env_index`` parameter, else ``"none"`` -> ``make_env()``."""
+    try:
+        parameters = list(inspect.signature(make_env).parameters.values())
+    except (TypeError, ValueError):
+        return "index"
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if any(p.kind in positional and p.default is p.empty for p in parameters):
+        return "index"
+    if any(p.name == "env_index" and p.kind is not p.POSITIONAL_ONLY for p in parameters):
+        return "env_index"
+    return "none"
+
+
+def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
+    """Construct and API-check the envs ``indices`` (see `call_style`); failures raise
+    `EnvFault`."""
+    envs = []
+    for index in indices:
+        try:
+            if style == "index":
+                env = make_env(index)
+            elif style == "env_index":
+                env = make_env(env_index=index)
+            else:
+                env = make_env()
+            checks.check_env_api(env, index)
+        except Exception as error:
+            for built in envs:
+                _close_quietly(built)
+            raise EnvFault("construct", index, error) from error
+        envs.append(env)
+    return envs
+
+
+def describe_envs(envs: list[Any]) -> dict:
+    """What the parent needs to check spaces and build the spec."""
+    first = envs[0]
+    spec = getattr(first, "spec", None)
+    return {
+        "spaces": [(env.observation_space, env.action_space) for env in envs],
+        "max_episode_steps": getattr(spec, "max_episode_steps", None) or 0,
+        "env_id": getattr(spec, "id", None),
+    }
+
+
+def _close_quietly(env: Any) -> None:
+    try:
+        env.close()
+    except Exception:
+        pass
+
+
+# ---- shared arrays ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each array lives in one buffer: ``{name: (offset, shape, dtype)}``."""
+
+    fields: dict
+    size: int
+
+    @classmethod
+    def of(cls, num_envs, num_slots, obs_shape, obs_dtype, action_shape, action_dtype) -> Layout:
+        """Float32 outputs first and contiguous (padding is zeros), so that one sum checks them
+        all for NaN/Inf; per-worker command and status words on their own cache lines."""
+        shapes = {
+            "obs": ((num_envs, *obs_shape), obs_dtype),
+            "final_obs": ((num_envs, *obs_shape), obs_dtype),
+            "reward": ((num_envs,), np.float32),
+            "episode_return": ((num_envs,), np.float32),
+            "terminated": ((num_envs,), np.bool_),
+            "truncated": ((num_envs,), np.bool_),
+            "episode_length": ((num_envs,), np.int32),
+            "actions": ((num_envs, *action_shape), action_dtype),
+            "command": ((num_slots, _ALIGN // 4), np.int32),
+            "status": ((num_slots, _ALIGN // 4), np.int32),
+        }
+        fields, offset = {}, 0
+        for name, (shape, dtype) in shapes.items():
+            dtype = np.dtype(dtype)
+            fields[name] = (offset, shape, dtype.str)
+            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            offset += -(-nbytes // _ALIGN) * _ALIGN
+        return cls(fields, max(offset, _ALIGN))
+
+    def float_block(self, buffer) -> np.ndarray:
+        """One float32 view over every float32 output: observations (when float32), rewards
+        and episode returns, with the zero padding between them."""
+        first = "obs" if np.dtype(self.fields["obs"][2]) == np.float32 else "reward"
+        start = self.fields[first][0]
+        stop = self.fields["terminated"][0]
+        return np.ndarray(((stop - start) // 4,), np.float32, buffer=buffer, offset=start)
+
+    def arrays(self, buffer) -> dict[str, np.ndarray]:
+        """Numpy views of every field on ``buffer`` (a shared-memory ``buf`` or a bytearray)."""
+        return {
+            name: np.ndarray(shape, dtype=np.dtype(dtype), buffer=buffer, offset=offset)
+            for name, (offset, shape, dtype) in self.fields.items()
+        }
+
+
+# ---- stepping --------------------------------------------------------------------------------
+
+
+class EnvFault(Exception):
+    """An env failed in ``phase`` ("construct", "reset" or "step"); carries the traceback text."""
+
+    def __init__(self, phase: str, env_index: int, error: BaseException):
+        super().__init__(phase, env_index)
+        self.phase = phase
+        self.env_index = env_index
+        self.error = error
+        self.traceback_text = "".join(traceback.format_exception(error)).rstrip()
+
+
+class EnvGroup:
+    """The envs ``start..start+len(envs)-1`` of a pool, reading actions from and writing results
+    into the rows of ``arrays`` that belong to them."""
+
+    def __init__(self, envs: list[Any], start: int, arrays: dict, slot: int, action_offset: int):
+        rows = slice(start, start + len(envs))
+        self.envs = envs
+        self.start = start
+        self.slot = slot
+        self.action_offset = action_offset
+        self.discrete = arrays["actions"].dtype.kind in "iu"
+        self.action_dtype = envs[0].action_space.dtype
+        self.obs_space = envs[0].observation_space
+        self.view = {k: v[rows] for k, v in arrays.items() if k not in ("command", "status")}
+        self.returns = [0.0] * len(envs)
+        self.lengths = [0] * len(envs)
+        self.reset_checked = [False] * len(envs)
+        self.step_checked = [False] * len(envs)
+
+    def reset(self, seeds: list[int | None] | None) -> None:
+        """Reset every env (``seeds[j]`` for env ``start + j``, or unseeded)."""
+        view = self.view
+        for j, env in enumerate(self.envs):
+            seed = None if seeds is None else seeds[j]
+            try:
+                result = env.reset(seed=seed)
+                if not self.reset_checked[j]:
+                    checks.check_reset_result(result, self.obs_space, self.start + j)
+                    self.reset_checked[j] = True
+                if seed is not None:
+                    env.action_space.seed(seed)
+            except Exception as error:
+                raise EnvFault("reset", self.start + j, error) from error
+            view["obs"][j] = result[0]
+        view["final_obs"][...] = view["obs"]
+        for name in ("reward", "terminated", "truncated", "episode_return", "episode_length"):
+            view[name][...] = 0
+        self.returns = [0.0] * len(self.envs)
+        self.lengths = [0] * len(self.envs)
+
+    def step(self) -> None:
+        """Step every env once with its row of ``actions``; auto-reset the ones that end.
+
+        Hot loop: Python lists for scalars written with one slice assignment each, one row write
+        per env for the reached observation, one block copy for ``obs``.
+        """
+        view = self.view
+        if self.discrete:
+            actions = view["actions"].tolist()
+            if self.action_offset:
+                actions = [a + self.action_offset for a in actions]
+        else:
+            actions = list(view["actions"].astype(self.action_dtype))
+        final_obs, returns, lengths = view["final_obs"], self.returns, self.lengths
+        rewards, terminateds, truncateds, episode_returns, episode_lengths = [], [], [], [], []
+        reset_obs = []
+        for j, env in enumerate(self.envs):
+            try:
+                result = env.step(actions[j])
+                if not self.step_checked[j]:
+                    checks.check_step_result(result, self.obs_space, self.start + j)
+                    self.step_checked[j] = True
+            except Exception as error:
+                raise EnvFault("step", self.start + j, error) from error
+            obs, reward, terminated, truncated, _ = result
+            final_obs[j] = obs
+            returns[j] += reward
+            lengths[j] += 1
+            rewards.append(reward)
+            terminateds.append(terminated)
+            # both flags set: the episode terminated; truncated stays False so that nothing
+            # bootstraps from the reached state (reliability case I12)
+            truncateds.append(truncated and not terminated)
+            episode_returns.append(returns[j])
+            episode_lengths.append(lengths[j])
+            if terminated or truncated:
+                try:
+                    reset_obs.append((j, env.reset()[0]))
+                except Exception as error:
+                    raise EnvFault("reset", self.start + j, error) from error
+                returns[j] = 0.0
+                lengths[j] = 0
+        view["obs"][...] = final_obs
+        for j, obs in reset_obs:
+            view["obs"][j] = obs
+        view["reward"][...] = rewards
+        view["terminated"][...] = terminateds
+        view["truncated"][...] = truncateds
+        view["episode_return"][...] = episode_returns
+        view["episode_length"][...] = episode_lengths
+
+    def close(self) -> None:
+        for env in self.envs:
+            _close_quietly(env)
+
+
+# ---- the worker process ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What a worker process needs besides its pipe and semaphores."""
+
+    make_env: Any
+    call_style: str
+    slot: int
+    indices: range
+    parent_pid: int
+    cpu: int | None
+    """Pin the process to this CPU (None: keep the inherited affinity)."""
+    spin_seconds: float
+    """Busy-wait this long for the next command after answering, before blocking."""
+
+
+def worker_main(conn, command_sem, done_sem, config: WorkerConfig) -> None:
+    """Entry point of a worker process: build envs, attach to the pool's memory, serve commands.
+
+    Ignores SIGINT (a Ctrl+C reaches the whole process group; the parent decides what happens)
+    and exits on its own when the parent dies: it checks the parent pid every second while idle.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if config.cpu is not None:
+        try:
+            os.sched_setaffinity(0, {config.cpu})
+        except (AttributeError, OSError):
+            pass
+    try:
+        envs = build_envs(config.make_env, config.indices, config.call_style)
+    except EnvFault as fault:
+        conn.send(("failed", _payload(fault)))
+        return
+    conn.send(("spaces", describe_envs(envs)))
+    try:
+        message = conn.recv()
+    except EOFError:
+        message = ("exit",)
+    if message[0] != "attach":
+        for env in envs:
+            _close_quietly(env)
+        return
+    _, shm_name, layout, action_offset = message
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    arrays = layout.arrays(shm.buf)
+    group = EnvGroup(envs, config.indices.start, arrays, config.slot, action_offset)
+    conn.send(("ready",))
+    try:
+        _serve(conn, command_sem, done_sem, group, arrays, config)
+    finally:
+        group.close()
+        del group, arrays
+        shm.close()
+
+
+def _serve(conn, command_sem, done_sem, group: EnvGroup, arrays: dict, config) -> None:
+    slot, command, status = config.slot, arrays["command"], arrays["status"]
+    spin = config.spin_seconds
+    while True:
+        idle_since = time.perf_counter()
+        if not _acquire(command_sem.acquire, spin):
+            if os.getppid() != config.parent_pid:
+                return
+            continue
+        # adaptive: keep spinning only while the parent answers within the spin window
+        spin = config.spin_seconds if time.perf_counter() - idle_since < config.spin_seconds else 0
+        code = int(command[slot, 0])
+        if code == CLOSE:
+            return
+        fault = None
+        try:
+            if code == STEP:
+                group.step()
+            elif code == RESET:
+                group.reset(conn.recv())
+        except EnvFault as error:
+            fault = error
+        status[slot, 0] = FAILED if fault else OK
+        done_sem.release()
+        if fault is not None:
+            conn.send(_payload(fault))
+
+
+def _acquire(acquire, spin_seconds: float) -> bool:
+    """Busy-wait up to ``spin_seconds`` for the semaphore, then block for up to 1 s."""
+    if spin_seconds:
+        end = time.perf_counter() + spin_seconds
+        while time.perf_counter() < end:
+            if acquire(False):
+                return True
+    return acquire(True, 1.0)
+
+
+def _payload(fault: EnvFault) -> tuple:
+    """A picklable description of ``fault``; the original exception only if it pickles."""
+    import pickle
+
+    try:
+        error = pickle.loads(pickle.dumps(fault.error))
+    except Exception:
+        error = None
+    return (fault.phase, fault.env_index, fault.traceback_text, error)
