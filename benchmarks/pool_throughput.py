@@ -90,15 +90,26 @@ def race(contestants, num_steps, repeats, seed=0):
     for contestant in contestants:
         contestant.run(actions[: max(50, num_steps // 10)])  # warm-up, not kept
         contestant.rates.clear()
-    before, start = _cpu_of_others(), time.perf_counter()
+    before, start, stat = _cpu_of_others(), time.perf_counter(), _cpu_times()
     for _ in range(repeats):
         for contestant in contestants:
             contestant.run(actions)
     others = _seconds_since(before) / (time.perf_counter() - start) / (os.cpu_count() or 1)
-    print(f"  [other processes used {others:.0%} of the machine's CPU during this section]")
+    total = [b - a for a, b in zip(stat, _cpu_times(), strict=True)]
+    steal = total[7] / max(sum(total), 1)
+    print(
+        f"  [during this section other processes used {others:.0%} of the CPU, and the "
+        f"hypervisor took {steal:.0%} (steal)]"
+    )
     for contestant in contestants:
         contestant.close()
     return {c.name: c.median for c in contestants}
+
+
+def _cpu_times() -> list[int]:
+    """The machine's CPU time counters (/proc/stat): user, nice, system, idle, ..., steal."""
+    with open("/proc/stat") as file:
+        return [int(x) for x in file.readline().split()[1:9]]
 
 
 def _cpu_of_others() -> dict[int, int]:

@@ -73,12 +73,15 @@ class PoolSpec:
 # ---- pool arguments ---------------------------------------------------------------------------
 
 
-def check_pool_arguments(num_envs, num_workers, timeouts, on_error, max_restarts) -> None:
+def check_pool_arguments(num_envs, num_workers, parent_steps, timeouts, on_error, max_restarts):
     """``ValueError`` naming the bad argument, before any process starts."""
     if num_envs < 1:
         raise ValueError(f"num_envs: must be >= 1, got {num_envs}")
-    if not 0 <= num_workers <= num_envs:
-        raise ValueError(f"num_workers: must be in 0..num_envs={num_envs}, got {num_workers}")
+    if not 0 <= num_workers <= num_envs - bool(parent_steps and num_workers):
+        raise ValueError(
+            f"num_workers: must be in 0..num_envs={num_envs} (one less with parent_steps, "
+            f"which keeps a share of the envs), got {num_workers}"
+        )
     if min(timeouts) <= 0:
         raise ValueError(f"step_timeout, start_timeout: must be > 0, got {timeouts}")
     if on_error not in ("raise", "restart"):

@@ -72,22 +72,24 @@ class EnvPool:
     ``make_env(env_index=i)`` or ``make_env()``; it must pickle when ``num_workers > 0`` (a
     module-level function or class, a ``functools.partial`` of one, or use `from_id`).
 
+    The envs' ``info`` dicts are dropped: only arrays cross the process boundary.
+
     Seeding: env ``i`` is reset with ``seed + i`` on the first reset (its action space too);
     later auto-resets continue the env's own RNG, so trajectories do not depend on
     ``num_workers``. ``seed=None`` leaves the envs unseeded.
 
     ``on_error="raise"``: the first failure is raised and the pool can only be closed.
-    ``on_error="restart"``: the failed worker (in-process: all envs) is rebuilt in a fresh process
-    and its envs reset with seeds ``seed + i + num_envs * num_restarts`` (``seed``: the last one
-    given to `reset` or the constructor). In the returned step those envs show
-    ``truncated=True``, ``reward=0``, ``final_obs`` = their last good observation and the broken
-    episode's totals; ``last_restarted`` marks them, so that a trainer can drop the transition
-    instead of bootstrapping through a fault. ``num_restarts`` counts restarts; past
+    ``on_error="restart"``: the failed worker is rebuilt in a fresh process (the parent's own
+    share: in-process) and its envs reset with seeds ``seed + i + num_envs * num_restarts``
+    (``seed``: the last one given to `reset` or the constructor). In the returned step those
+    envs show ``truncated=True``, ``reward=0``, ``final_obs`` = their last good observation and
+    the broken episode's totals; ``last_restarted`` marks them, so that a trainer can drop the
+    transition instead of bootstrapping through a fault. ``num_restarts`` counts restarts; past
     ``max_restarts`` the last error is raised. ``step_timeout`` applies to worker processes only
     (an in-process env cannot be interrupted).
 
     ``check_finite``: NaN/Inf in an observation or reward is an `EnvStepError` (or a restart);
-    ~2 us per step.
+    it costs one float64 sum per step (2.5 us with 16 CartPole envs).
 
     Speed (docs/BENCHMARKS.md, "Host env pool"): ``parent_steps=True`` makes the parent step one
     share of the envs itself while the ``num_workers`` processes step theirs, instead of idling
@@ -116,8 +118,9 @@ class EnvPool:
         spin_us: float = 100.0,
         env_id: str | None = None,
     ):
+        timeouts = (step_timeout, start_timeout)
         checks.check_pool_arguments(
-            num_envs, num_workers, (step_timeout, start_timeout), on_error, max_restarts
+            num_envs, num_workers, parent_steps, timeouts, on_error, max_restarts
         )
         if num_workers:
             checks.check_picklable(make_env)
