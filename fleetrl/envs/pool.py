@@ -115,7 +115,7 @@ class EnvPool:
         check_finite: bool = True,
         parent_steps: bool = False,
         pin_workers: bool = False,
-        spin_us: float = 100.0,
+        spin_us: float = 300.0,
         env_id: str | None = None,
     ):
         timeouts = (step_timeout, start_timeout)
