@@ -40,3 +40,17 @@ def test_dqn_cartpole_reaches_475(tmp_path):
         if "eval/episodic_return" in record:
             best = np.maximum(best, np.asarray(record["eval/episodic_return"], dtype=float))
     assert np.all(best >= 475), best
+
+
+@pytest.mark.timeout(900)
+def test_ppo_cartpole_gym_solves_on_host_envs(tmp_path):
+    """gymnasium CartPole stepped on the host: the preset stops at an evaluation return of 500."""
+    result = train(as_shipped("ppo-cartpole-gym", tmp_path))
+    assert result.eval_returns[0] >= 475, result.eval_returns
+
+
+@pytest.mark.timeout(1800)
+def test_ppo_lunarlander_reaches_200(tmp_path):
+    """LunarLander-v3 in 2 worker processes: the issue's bar is an evaluation return >= 200."""
+    result = train(as_shipped("ppo-lunarlander", tmp_path, stop_at_return=200.0))
+    assert result.eval_returns[0] >= 200, result.eval_returns
