@@ -50,6 +50,9 @@ class EnvConfig:
     """Number of envs stepped as one batch (per seed)."""
     num_workers: int = 0
     """gymnasium: worker processes the envs are spread over (0: step them in this process)."""
+    parent_steps: bool = False
+    """gymnasium: the trainer process also steps a share of the envs (fastest on 2 cores with
+    num_workers 1: see docs/BENCHMARKS.md, section 9)."""
     kwargs: str = ""
     """gymnasium: keyword arguments of the env's constructor, a YAML mapping ("{a: 1}")."""
     preprocess: Literal["none", "atari"] = "none"

@@ -32,9 +32,10 @@ def assert_no_children():
 
 
 @pytest.mark.timeout(120)
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_host_env_trains_through_the_same_driver(tiny, num_workers):
-    result = train(host_run(tiny, "CartPole-v1", num_workers=num_workers))
+@pytest.mark.parametrize("num_workers, parent_steps", [(0, False), (2, False), (1, True)])
+def test_host_env_trains_through_the_same_driver(tiny, num_workers, parent_steps):
+    run = host_run(tiny, "CartPole-v1", num_workers=num_workers, parent_steps=parent_steps)
+    result = train(run)
     assert result.status == "completed"
     assert np.isfinite(result.eval_returns).all()
     logged = records(result.run_dir)

@@ -133,14 +133,16 @@ class HostEnv:
         """A host env for an ``EnvConfig`` (``num_workers`` overrides the config's)."""
         check_env_id(config.id)
         factory = GymnasiumFactory(config.id, tuple(config.env_kwargs().items()), config.preprocess)
+        workers = config.num_workers if num_workers is None else num_workers
         pool = EnvPool(
             factory,
             num_envs,
-            config.num_workers if num_workers is None else num_workers,
+            workers,
             seed=None,
             step_timeout=config.step_timeout,
             on_error=config.on_error,
             max_restarts=config.max_restarts,
+            parent_steps=config.parent_steps and workers > 0,
             env_id=config.id,
         )
         return cls(pool)
