@@ -59,6 +59,11 @@ class FirstRollout(BaseCallback):
         if self.mark is None:
             self.mark = (time.perf_counter(), self.model.num_timesteps)
 
+    def steps_per_second(self):
+        """Env steps per second from the end of the first rollout until now."""
+        t1, n1 = self.mark
+        return (self.model.num_timesteps - n1) / (time.perf_counter() - t1)
+
 
 class TimedEval(EvalCallback):
     """EvalCallback that also accumulates the wall time spent evaluating."""
@@ -154,13 +159,11 @@ def run_steady(seed, steps):
     )
     first = FirstRollout()
     model.learn(total_timesteps=int(steps), callback=first)
-    t_end, n_end = time.perf_counter(), model.num_timesteps
-    t1, n1 = first.mark
     return {
         "peer": "sb3",
         "mode": "steady",
-        "sps": round((n_end - n1) / (t_end - t1), 1),
-        "steps": n_end,
+        "sps": round(first.steps_per_second(), 1),
+        "steps": model.num_timesteps,
         "seed": seed,
         "torch_threads": torch.get_num_threads(),
     }
@@ -171,13 +174,11 @@ def run_zoo_steady(seed, steps):
     model = zoo_model(seed)
     first = FirstRollout()
     model.learn(total_timesteps=int(steps), callback=first)
-    t_end, n_end = time.perf_counter(), model.num_timesteps
-    t1, n1 = first.mark
     return {
         "peer": "sb3",
         "mode": "zoo",
-        "sps": round((n_end - n1) / (t_end - t1), 1),
-        "steps": n_end,
+        "sps": round(first.steps_per_second(), 1),
+        "steps": model.num_timesteps,
         "seed": seed,
         "torch_threads": torch.get_num_threads(),
     }

@@ -15,23 +15,10 @@ import argparse
 import json
 
 import torch
+from sb3_cartpole import FirstRollout  # a sibling script
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize
-
-
-class FirstRollout(BaseCallback):
-    def __init__(self):
-        super().__init__()
-        self.mark = None
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        if self.mark is None:
-            self.mark = (time.perf_counter(), self.model.num_timesteps)
 
 
 def main():
@@ -60,8 +47,7 @@ def main():
     )
     first = FirstRollout()
     model.learn(total_timesteps=a.steps, callback=first)
-    t1, n1 = first.mark
-    sps = (model.num_timesteps - n1) / (time.perf_counter() - t1)
+    sps = first.steps_per_second()
     print(
         json.dumps(
             {
