@@ -63,12 +63,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
     args = parser.parse_args()
-    ours, peer, limit = [], [], []
+    ours, ours_all, peer, limit = [], [], [], []
     train = ["--train.total-steps", str(args.steps), "--train.log-every", "25600"]
     for seed in range(args.seeds):
         limit.append(random_rate(8, 0))
-        ours.append(
-            run_fleetrl("ppo-cartpole-gym", [*ZOO, *train, "--train.seed", str(seed)], None)
+        common = [*ZOO, *train, "--train.seed", str(seed)]
+        ours.append(run_fleetrl("ppo-cartpole-gym", common, None))
+        ours_all.append(
+            run_fleetrl("ppo-cartpole-gym", [*common, "--train.xla-threads", "all"], None)
         )
         peer.append(
             run_peer(
@@ -79,14 +81,17 @@ def main() -> None:
         )
         print(
             f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
-            f"(compile {ours[-1]['compile_time']:.2f} s) | SB3 {peer[-1]['sps']:,.0f} | "
+            f"(compile {ours[-1]['compile_time']:.2f} s; one XLA thread per core: "
+            f"{ours_all[-1]['steps_per_second']:,.0f}) | SB3 {peer[-1]['sps']:,.0f} | "
             f"pool random actions {limit[-1]:,.0f}",
             flush=True,
         )
     our_sps = median([r["steps_per_second"] for r in ours])
     peer_sps = median([r["sps"] for r in peer])
     limit_sps = median(limit)
+    all_sps = median([r["steps_per_second"] for r in ours_all])
     print(f"\nfleetrl PPO, gymnasium CartPole-v1, RL-Zoo settings: median {our_sps:,.0f} steps/s")
+    print(f"  same, --train.xla-threads all:                   median {all_sps:,.0f} steps/s")
     print(f"SB3     PPO, same settings:                        median {peer_sps:,.0f} steps/s")
     print(f"pool, 8 envs in-process, random actions:            median {limit_sps:,.0f} steps/s")
     print(

@@ -112,7 +112,14 @@ def _one_xla_thread_pays(run) -> bool:
         return run.train.xla_threads == "one"
     from fleetrl.envs import resolve_backend
 
-    return run.train.total_steps >= 2_000_000 and resolve_backend(run.env) == "gymnax"
+    if resolve_backend(run.env) == "gymnax":
+        return run.train.total_steps >= 2_000_000
+    # Host envs stepped in this process run inside XLA's callback, where a second XLA thread
+    # only competes with the env for the two cores: PPO at RL-Zoo's CartPole settings ran
+    # faster with one (docs/BENCHMARKS.md, section 6); with worker processes, or a CNN whose
+    # convolutions use every core, the default pool was as fast or faster (HalfCheetah: 9.3k and
+    # 8.2k steps/s against 8.5k and 7.9k).
+    return run.env.num_workers == 0 and getattr(run.algo, "network", "mlp") == "mlp"
 
 
 def use_one_xla_thread() -> None:

@@ -117,7 +117,8 @@ class TrainConfig:
     xla_threads: Literal["auto", "one", "all"] = "auto"
     """CPU threads XLA executes a single-seed run with (CLI only). one: tiny networks train ~15%
     faster, but compilation takes ~1.5 s longer (it shares that pool); all: one per core; auto:
-    one for device-env runs of at least 2M steps, where that pays off, else all."""
+    one for device-env runs of at least 2M steps and for MLP policies on host envs stepped
+    in-process (env.num_workers 0), where that pays off, else all."""
     call_timeout: float = 600.0
     """Seconds the first compiled call may take before the run is stopped as hung (0: never);
     later calls may take 20x the slowest one before."""

@@ -2,9 +2,9 @@
 
 `HostEnv` wraps an `EnvPool` so that ``simulate()`` and the driver use it unchanged: ``reset``
 and ``step`` are jittable functions whose env step runs on the host through
-``jax.experimental.io_callback``, so a whole iteration (rollout, then the update) is still one
-compiled call. Measured against a Python loop that calls a jitted policy and the pool in turn
-(``benchmarks/host_loop.py``): see docs/BENCHMARKS.md, section "Host envs".
+`fleetrl.envs.callback.host_call` (a leaner ``io_callback``), so a whole iteration (rollout,
+then the update) is still one compiled call. Measured against a Python loop that calls a jitted
+policy and the pool in turn (``benchmarks/host_loop.py``): see docs/BENCHMARKS.md, "Host envs".
 
 The JAX-side env state is only a step counter (the envs' real state lives in the pool), so a
 checkpoint cannot hold it: a resumed run starts new episodes (exact resume is for device envs).
@@ -21,8 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import io_callback
 
+from fleetrl.envs.callback import host_call
 from fleetrl.envs.pool import EnvPool, HostTimeStep
 from fleetrl.envs.worker import EnvFactory
 from fleetrl.types import Array, EnvSpec, TimeStep
@@ -152,12 +152,12 @@ class HostEnv:
     def reset(self, key: Array) -> tuple[Array, TimeStep]:
         """Reset all envs with seeds drawn from ``key`` (env i gets seed + i)."""
         seed = jax.random.randint(key, (), 0, 2**30, dtype=jnp.int32)
-        packed = io_callback(self._host_reset, self._result_shape, seed, ordered=True)
+        packed = host_call(self._host_reset, self._result_shape, seed)
         return jnp.int32(0), _unpack(packed)
 
     def step(self, state: Array, action: Array) -> tuple[Array, TimeStep]:
         """Step all envs with ``action[N, ...]`` on the host; ended episodes auto-reset."""
-        packed = io_callback(self._host_step, self._result_shape, action, ordered=True)
+        packed = host_call(self._host_step, self._result_shape, action)
         return state + 1, _unpack(packed)
 
     # ---- host side -------------------------------------------------------------------------
@@ -175,7 +175,7 @@ class HostEnv:
         if self.error is not None:
             return self._zeros()
         try:
-            ts = self.pool.step(np.asarray(action))
+            ts = self.pool.step(np.array(action))  # a copy: XLA reuses the buffer
         except Exception as error:
             self.error = error
             return self._zeros()
