@@ -29,6 +29,18 @@ class NatureCNN(nn.Module):
         return nn.relu(nn.Dense(512, kernel_init=init)(x))
 
 
+def _hidden_layers(x, hidden_sizes: Sequence[int], activation: str, torso: str):
+    """The CNN (if any) and hidden layers, created in the calling module's compact scope (so
+    their parameters are named NatureCNN_0, Dense_0, ... directly under it)."""
+    act = ACTIVATIONS[activation]
+    if torso == "nature_cnn":
+        x = NatureCNN()(x)
+    x = x.reshape((x.shape[0], -1)) if x.ndim > 1 else x
+    for size in hidden_sizes:
+        x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+    return x
+
+
 class MLP(nn.Module):
     """Hidden layers, then a linear output of ``out_size`` (orthogonal init, gain ``out_gain``).
 
@@ -43,13 +55,22 @@ class MLP(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        act = ACTIVATIONS[self.activation]
-        if self.torso == "nature_cnn":
-            x = NatureCNN()(x)
-        x = x.reshape((x.shape[0], -1)) if x.ndim > 1 else x
-        for size in self.hidden_sizes:
-            x = act(nn.Dense(size, kernel_init=nn.initializers.orthogonal(np.sqrt(2)))(x))
+        x = _hidden_layers(x, self.hidden_sizes, self.activation, self.torso)
         return nn.Dense(self.out_size, kernel_init=nn.initializers.orthogonal(self.out_gain))(x)
+
+
+class Torso(nn.Module):
+    """`MLP` without its output layer: what a shared actor-critic network has in common
+    (``torso="nature_cnn"`` puts `NatureCNN` first). With no hidden layers and no CNN, the
+    identity."""
+
+    hidden_sizes: Sequence[int]
+    activation: str = "tanh"
+    torso: str = "mlp"
+
+    @nn.compact
+    def __call__(self, x):
+        return _hidden_layers(x, self.hidden_sizes, self.activation, self.torso)
 
 
 class GaussianHead(nn.Module):

@@ -191,6 +191,12 @@ def make_train_call(algo, env, num_steps: int, iterations: int):
         return Carry(algo_state, env_carry, key), metrics
 
     def call(carry: Carry):
+        if iterations == 1:
+            # No loop at all: a CNN's backward pass is ~10x slower inside an XLA:CPU loop (see
+            # fleetrl/algos/ppo/learner.py), and XLA keeps even a one-trip loop when its body
+            # has a host env's callback. The CNN presets run one iteration per call.
+            carry, metrics = iteration(carry, None)
+            return carry, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
         return jax.lax.scan(iteration, carry, None, length=iterations)
 
     # No donate_argnums: with jax 0.10.2 on CPU, a donating executable loaded from the persistent

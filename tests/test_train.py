@@ -120,3 +120,22 @@ def test_run_directory_is_locked(tiny):
             train(tiny("ppo-cartpole"), resume=result.run_dir)
     finally:
         lock.release()
+
+
+def test_ppo_shared_torso_has_one_torso_and_two_output_layers(tiny):
+    import dataclasses
+
+    from fleetrl.train import build, close_envs
+
+    run = tiny("ppo-cartpole")
+    run = dataclasses.replace(run, algo=dataclasses.replace(run.algo, shared_torso=True))
+    env, eval_env, algo = build(run)
+    close_envs(env, eval_env)
+    params = algo.init(jax.random.PRNGKey(0)).params
+    assert set(params) == {"torso", "actor", "critic"}
+    assert params["actor"]["params"]["Dense_0"]["kernel"].shape == (64, env.spec.num_actions)
+    assert params["critic"]["params"]["Dense_0"]["kernel"].shape == (64, 1)
+    assert len(params["actor"]["params"]) == len(params["critic"]["params"]) == 1
+    result = train(run)
+    assert result.status == "completed"
+    assert np.isfinite(result.eval_returns).all()

@@ -58,7 +58,11 @@ class Config:
     """Activation of the hidden layers."""
     network: Literal["mlp", "nature_cnn"] = "mlp"
     """mlp: for vector observations; nature_cnn: a Nature-DQN conv torso in front of the hidden
-    layers, for stacked uint8 frames [C, 84, 84] (Atari); actor and critic each have their own."""
+    layers, for stacked uint8 frames [C, 84, 84] (Atari)."""
+    shared_torso: bool = False
+    """Actor and critic share the network's torso (the Nature CNN and the hidden layers) and
+    differ only in their output layers, as in CleanRL's and BatchPPO's Atari agents: half the
+    compute of two CNNs. False: two separate networks."""
     init_log_std: float = 0.0
     """Initial log standard deviation of Gaussian actions."""
 

@@ -13,7 +13,7 @@ from flax import struct
 from fleetrl import distributions as D
 from fleetrl.algos.ppo import losses
 from fleetrl.config import ConfigError
-from fleetrl.nets import MLP, GaussianHead
+from fleetrl.nets import MLP, GaussianHead, Torso
 from fleetrl.normalize import RunningStats
 from fleetrl.returns import gae
 from fleetrl.types import Algorithm, Array, EnvSpec, Metrics, Rollout
@@ -22,7 +22,8 @@ from fleetrl.types import Algorithm, Array, EnvSpec, Metrics, Rollout
 @struct.dataclass
 class PPOState:
     params: dict[str, Any]
-    """{"actor": ..., "critic": ...}: separate networks, one optimizer."""
+    """{"actor": ..., "critic": ...}: separate networks, one optimizer; with
+    ``algo.shared_torso`` also "torso", and actor/critic are only the output layers."""
     opt_state: Any
     obs_stats: RunningStats
     return_stats: RunningStats
@@ -66,12 +67,30 @@ def make(run, spec: EnvSpec) -> Algorithm:
             "algo.network: nature_cnn needs stacked image observations [C, H, W], got shape "
             f"{spec.observation_shape} from {spec.env_id} (set env.preprocess: atari)"
         )
+    # With a shared torso, the actor and critic below are output layers on its features.
+    torso = Torso(cfg.hidden_sizes, cfg.activation, cfg.network) if cfg.shared_torso else None
+    hidden, network = ((), "mlp") if cfg.shared_torso else (cfg.hidden_sizes, cfg.network)
     if spec.action_kind == "discrete":
-        actor = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, 0.01, cfg.network)
+        actor = MLP(hidden, spec.num_actions, cfg.activation, 0.01, network)
     else:
         size = math.prod(spec.action_shape)
-        actor = GaussianHead(cfg.hidden_sizes, size, cfg.activation, cfg.init_log_std, cfg.network)
-    critic = MLP(cfg.hidden_sizes, 1, cfg.activation, 1.0, cfg.network)
+        actor = GaussianHead(hidden, size, cfg.activation, cfg.init_log_std, network)
+    critic = MLP(hidden, 1, cfg.activation, 1.0, network)
+
+    def features(params, obs: Array) -> Array:
+        return obs if torso is None else torso.apply(params["torso"], obs)
+
+    def apply_actor(params, obs: Array):
+        return actor.apply(params["actor"], features(params, obs))
+
+    def apply_critic(params, obs: Array) -> Array:
+        return critic.apply(params["critic"], features(params, obs))[:, 0]
+
+    def apply_both(params, obs: Array):
+        """(actor output, value): one torso pass when it is shared."""
+        x = features(params, obs)
+        return actor.apply(params["actor"], x), critic.apply(params["critic"], x)[:, 0]
+
     sample, mode, log_prob, entropy, kl_divergence = _distribution(spec)
     updates_per_iteration = cfg.num_epochs * cfg.num_minibatches
     if cfg.anneal_lr:
@@ -95,11 +114,21 @@ def make(run, spec: EnvSpec) -> Algorithm:
         return obs
 
     image = cfg.network == "nature_cnn"
+    # XLA:CPU (jaxlib 0.10.2) runs a convolution's backward pass 6-30x slower inside a while
+    # loop than outside one: the filter-gradient convolution keeps a layout its fast (Eigen)
+    # path does not take (measured: 8x8/4 conv, 32 frames, 12.5 ms outside, 425 ms inside).
+    # So with a CNN on CPU the epoch and minibatch loops are unrolled: longer to compile, and
+    # the CNN update ~10x faster. The driver keeps one iteration per call for such presets.
+    unroll = image and jax.default_backend() == "cpu"
 
     def init(key: Array) -> PPOState:
         actor_key, critic_key = jax.random.split(key)
         dummy = jnp.zeros((1,) + spec.observation_shape, jnp.uint8 if image else jnp.float32)
-        params = {"actor": actor.init(actor_key, dummy), "critic": critic.init(critic_key, dummy)}
+        params = {}
+        if torso is not None:
+            params["torso"] = torso.init(jax.random.fold_in(key, 1), dummy)
+            dummy = torso.apply(params["torso"], dummy)
+        params |= {"actor": actor.init(actor_key, dummy), "critic": critic.init(critic_key, dummy)}
         return PPOState(
             params=params,
             opt_state=optimizer.init(params),
@@ -111,7 +140,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
         )
 
     def policy(state: PPOState, obs: Array, key: Array, explore: bool = True):
-        out = actor.apply(state.params["actor"], observe(state, obs))
+        out = apply_actor(state.params, observe(state, obs))
         if not explore:
             return mode(out), {}
         action = sample(out, key)
@@ -134,7 +163,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
         return stats.scale(rollout.reward, cfg.reward_clip), stats, discounted
 
     def loss_fn(params, batch: dict[str, Any], penalty: Array) -> tuple[Array, Metrics]:
-        out = actor.apply(params["actor"], batch["obs"])
+        out, value = apply_both(params, batch["obs"])
         new_log_prob = log_prob(out, batch["action"])
         advantages = batch["advantages"]
         if cfg.normalize_advantages:
@@ -154,7 +183,6 @@ def make(run, spec: EnvSpec) -> Algorithm:
                 cfg.kl_cutoff_factor * cfg.kl_target,
                 cfg.kl_cutoff_coef,
             )
-        value = critic.apply(params["critic"], batch["obs"])[:, 0]
         value_loss = losses.value_loss(value, batch["returns"])
         entropy_mean = jnp.mean(entropy(out))
         total = policy_loss + cfg.vf_coef * value_loss - cfg.ent_coef * entropy_mean
@@ -170,7 +198,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
 
     def diagnose(params, batch: dict[str, Any]) -> Metrics:
         """How far the whole update moved the policy, on the whole batch."""
-        out = actor.apply(params["actor"], batch["obs"])
+        out = apply_actor(params, batch["obs"])
         log_ratio = log_prob(out, batch["action"]) - batch["log_prob"]
         metrics = {
             # k3 estimator of KL(old || new) (Schulman, "Approximating KL divergence", 2020)
@@ -189,7 +217,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
         next_obs = observe(state, rollout.next_obs)
         reward, return_stats, discounted = scale_rewards(state, rollout)
         both = jnp.concatenate([obs, next_obs]).reshape((2 * batch_size,) + spec.observation_shape)
-        values = critic.apply(state.params["critic"], both)[:, 0].reshape(2, num_steps, num_envs)
+        values = apply_critic(state.params, both).reshape(2, num_steps, num_envs)
         advantages, returns = gae(
             reward,
             values[0],
@@ -208,7 +236,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
             "returns": flat(returns),
         }
         if cfg.objective == "kl_penalty":
-            batch["old_out"] = actor.apply(state.params["actor"], batch["obs"])
+            batch["old_out"] = apply_actor(state.params, batch["obs"])
 
         def minibatch_step(carry, minibatch):
             params, opt_state = carry
@@ -221,15 +249,20 @@ def make(run, spec: EnvSpec) -> Algorithm:
                 # One minibatch is the whole batch: its order changes nothing but the float
                 # summation order, and the shuffle (a sort and a gather per field) cost more
                 # than the Adam step itself on 256 samples.
-                return jax.lax.scan(minibatch_step, carry, jax.tree.map(lambda x: x[None], batch))
+                return jax.lax.scan(
+                    minibatch_step, carry, jax.tree.map(lambda x: x[None], batch), unroll=unroll
+                )
             order = jax.random.permutation(epoch_key, batch_size)
             shuffled = jax.tree.map(
                 lambda x: x[order].reshape((cfg.num_minibatches, -1) + x.shape[1:]), batch
             )
-            return jax.lax.scan(minibatch_step, carry, shuffled)
+            return jax.lax.scan(minibatch_step, carry, shuffled, unroll=unroll)
 
         (params, opt_state), metrics = jax.lax.scan(
-            epoch, (state.params, state.opt_state), jax.random.split(key, cfg.num_epochs)
+            epoch,
+            (state.params, state.opt_state),
+            jax.random.split(key, cfg.num_epochs),
+            unroll=unroll,
         )
         metrics = {**jax.tree.map(jnp.mean, metrics), **diagnose(params, batch)}
         penalty = state.kl_penalty
