@@ -193,8 +193,9 @@ def make_train_call(algo, env, num_steps: int, iterations: int):
     def call(carry: Carry):
         if iterations == 1:
             # No loop at all: a CNN's backward pass is ~10x slower inside an XLA:CPU loop (see
-            # fleetrl/algos/ppo/learner.py), and XLA keeps even a one-trip loop when its body
-            # has a host env's callback. The CNN presets run one iteration per call.
+            # fleetrl/algos/ppo/learner.py), and a one-trip scan still cost that here (one
+            # ppo-breakout iteration: 130 s with it, 10.6 s without; BENCHMARKS section 10).
+            # The CNN presets run one iteration per call.
             carry, metrics = iteration(carry, None)
             return carry, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
         return jax.lax.scan(iteration, carry, None, length=iterations)

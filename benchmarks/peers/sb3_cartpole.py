@@ -157,26 +157,22 @@ def run_steady(seed, steps):
         seed=seed,
         verbose=0,
     )
-    first = FirstRollout()
-    model.learn(total_timesteps=int(steps), callback=first)
-    return {
-        "peer": "sb3",
-        "mode": "steady",
-        "sps": round(first.steps_per_second(), 1),
-        "steps": model.num_timesteps,
-        "seed": seed,
-        "torch_threads": torch.get_num_threads(),
-    }
+    return throughput(model, steps, seed, "steady")
 
 
 def run_zoo_steady(seed, steps):
     """RL-Zoo's CartPole settings (as run_ttt) without evaluation: raw training throughput."""
     model = zoo_model(seed)
+    return throughput(model, steps, seed, "zoo")
+
+
+def throughput(model, steps, seed, mode):
+    """Train ``model`` for ``steps`` env steps; steps/s after the first rollout, as JSON fields."""
     first = FirstRollout()
     model.learn(total_timesteps=int(steps), callback=first)
     return {
         "peer": "sb3",
-        "mode": "zoo",
+        "mode": mode,
         "sps": round(first.steps_per_second(), 1),
         "steps": model.num_timesteps,
         "seed": seed,

@@ -249,14 +249,13 @@ def make(run, spec: EnvSpec) -> Algorithm:
                 # One minibatch is the whole batch: its order changes nothing but the float
                 # summation order, and the shuffle (a sort and a gather per field) cost more
                 # than the Adam step itself on 256 samples.
-                return jax.lax.scan(
-                    minibatch_step, carry, jax.tree.map(lambda x: x[None], batch), unroll=unroll
+                minibatches = jax.tree.map(lambda x: x[None], batch)
+            else:
+                order = jax.random.permutation(epoch_key, batch_size)
+                minibatches = jax.tree.map(
+                    lambda x: x[order].reshape((cfg.num_minibatches, -1) + x.shape[1:]), batch
                 )
-            order = jax.random.permutation(epoch_key, batch_size)
-            shuffled = jax.tree.map(
-                lambda x: x[order].reshape((cfg.num_minibatches, -1) + x.shape[1:]), batch
-            )
-            return jax.lax.scan(minibatch_step, carry, shuffled, unroll=unroll)
+            return jax.lax.scan(minibatch_step, carry, minibatches, unroll=unroll)
 
         (params, opt_state), metrics = jax.lax.scan(
             epoch,
