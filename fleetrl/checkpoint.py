@@ -147,6 +147,21 @@ def latest(run_dir: str | Path) -> Path | None:
     return found[-1][1] if found else None
 
 
+def committed(run_dir: str | Path) -> list[Path]:
+    """The committed checkpoints of ``run_dir``, newest first."""
+    return [path for _, path in reversed(_committed(Path(run_dir) / "checkpoints"))]
+
+
+def set_aside(path: str | Path) -> Path:
+    """Rename a damaged checkpoint to ``step_<N>.damaged-<hex>``: no longer committed (so a
+    later save of a lower step cannot be shadowed by it), kept for inspection."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.damaged-{uuid.uuid4().hex[:8]}")
+    os.replace(path, target)
+    _fsync_dir(path.parent)
+    return target
+
+
 def clean_stale(run_dir: str | Path) -> None:
     """Remove leftovers of a crash mid-save: ``*.tmp-*`` dirs, and restore a parked old copy.
 
@@ -188,7 +203,8 @@ def _read_verified(path: Path) -> dict[str, bytes]:
         raise CheckpointError(f"{mpath}: format_version missing or not an int: {version!r}")
     if version > FORMAT_VERSION:
         raise CheckpointError(
-            f"{mpath}: written by format v{version}; this build reads <= v{FORMAT_VERSION}"
+            f"{mpath}: written by fleetrl {manifest.get('fleetrl_version', '?')} in format "
+            f"v{version}; this build ({_version()}) reads <= v{FORMAT_VERSION}: upgrade fleetrl"
         )
     listed = manifest.get("files")
     if not isinstance(listed, dict) or not {STATE_FILE, META_FILE} <= listed.keys():

@@ -17,8 +17,14 @@ USAGE = """usage: fleetrl <command> ...
 
 commands:
   train <preset> [--section.key value ...]   train a preset (see `fleetrl presets`)
-  train --resume RUN_DIR [--section.key value ...]
-                                             continue a run from its last checkpoint
+  train <preset> --log.run-dir DIR --resume auto [...]
+                                             continue the run in DIR if there is one, else
+                                             start it there (rerun the same command after a
+                                             crash or preemption)
+  train --resume RUN_DIR [--allow-config-changes] [--section.key value ...]
+                                             continue a run from its last checkpoint; only
+                                             train.total_steps, the log/eval/checkpoint
+                                             cadences and log.* may change unless allowed
   presets                                    list the presets, one line each
   eval RUN_DIR [--episodes N]                evaluate a run's last checkpoint
   plot RUN_DIR... --out curves.png [--metric NAME]
@@ -57,24 +63,39 @@ def cmd_train(argv: list[str]) -> int:
     from fleetrl.progress import print_summary
     from fleetrl.train import enable_compilation_cache, train
 
-    resume = None
+    resume, allow_changes = None, False
     if argv and argv[0] == "--resume":
         if len(argv) < 2:
             return _error("--resume needs a run directory")
         resume, overrides = argv[1], argv[2:]
+        allow_changes = "--allow-config-changes" in overrides
+        overrides = [arg for arg in overrides if arg != "--allow-config-changes"]
         config_path = Path(resume) / "config.yaml"
         if not config_path.is_file():
             return _error(f"--resume: {config_path} not found; is {resume} a run directory?")
         preset, prog = str(config_path), f"fleetrl train --resume {resume}"
     elif argv and not argv[0].startswith("-"):
         preset, overrides, prog = argv[0], argv[1:], f"fleetrl train {argv[0]}"
+        if "--resume" in overrides:  # `--resume auto`: continue the run in log.run_dir, if any
+            at = overrides.index("--resume")
+            if overrides[at + 1 : at + 2] != ["auto"]:
+                return _error(
+                    "after a preset, --resume takes `auto` (continue the run in --log.run-dir "
+                    "if it has one, else start it); to continue a run: train --resume RUN_DIR"
+                )
+            overrides, resume = overrides[:at] + overrides[at + 2 :], "auto"
     else:
         if argv and argv[0] in ("-h", "--help"):
             print(USAGE)
             return 0
         return _error("train needs a preset name (see `fleetrl presets`) or --resume RUN_DIR")
     run = parse_run_config(preset, overrides, prog)
-    if resume:
+    may_start = resume == "auto"
+    if may_start:
+        if not run.log.run_dir:
+            return _error("--resume auto needs --log.run-dir: the directory to continue or start")
+        resume = run.log.run_dir if (Path(run.log.run_dir) / "config.yaml").is_file() else None
+    elif resume:
         run = _keep_run_dir(run, resume)
     if run.train.num_seeds > 1:
         use_one_core_for_vmapped_seeds()
@@ -85,9 +106,31 @@ def cmd_train(argv: list[str]) -> int:
     if run.log.progress:
         console.print(f"[bold]fleetrl[/] {run.preset}: {run.description}")
     result = train(
-        run, resume=resume, command=sys.argv, console=console if run.log.progress else None
+        run,
+        resume=resume,
+        allow_config_changes=allow_changes,
+        resume_may_start=may_start,
+        command=sys.argv,
+        console=console if run.log.progress else None,
     )
     print_summary(console, result)
+    if result.status == "diverged":
+        from fleetrl import checkpoint
+
+        latest = checkpoint.latest(result.run_dir)
+        kept = (
+            f"the last checkpoint ({latest}) holds finite parameters"
+            if latest
+            else "no checkpoint was written"
+        )
+        print(f"fleetrl: error: training diverged: {result.detail}; {kept}", file=sys.stderr)
+        return 1
+    if result.status == "unsaved":
+        print(
+            f"fleetrl: error: the final checkpoint was not written: {result.detail}",
+            file=sys.stderr,
+        )
+        return 1
     return 130 if result.status == "interrupted" else 0
 
 
@@ -253,6 +296,9 @@ def main(argv: list[str] | None = None) -> int:
         return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
     except FileNotFoundError as error:
         return _error(str(error))
+    except OSError as error:  # disk full, permissions: a message, not a traceback
+        print(f"fleetrl: error: {error}", file=sys.stderr)
+        return 1
     except Exception as error:
         from fleetrl.envs.errors import EnvPoolError
 

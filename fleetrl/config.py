@@ -62,7 +62,8 @@ class EnvConfig:
     on_error: Literal["raise", "restart"] = "raise"
     """gymnasium: on a failing or dead worker, stop the run (raise) or restart its envs."""
     max_restarts: int = 10
-    """gymnasium: worker restarts allowed in a run before the error is raised anyway."""
+    """gymnasium: worker restarts allowed in a row (no fault-free step between them) before the
+    error is raised anyway; occasional faults in a long run never use it up."""
 
     def __post_init__(self):
         require(self.num_envs >= 1, "env.num_envs", f"must be >= 1, got {self.num_envs}")
@@ -95,7 +96,8 @@ class TrainConfig:
     """Budget, schedule and seeds of a run."""
 
     total_steps: int = 500_000
-    """Environment steps per seed (rounded up to whole iterations)."""
+    """Environment steps per seed, a lower bound: rounded up to whole compiled calls (each of
+    log_every env steps, rounded down to whole iterations, at least one)."""
     num_steps: int = 128
     """Steps per env in one rollout; one iteration = num_envs x num_steps env steps."""
     seed: int = 0
@@ -120,8 +122,11 @@ class TrainConfig:
     one for device-env runs of at least 2M steps and for MLP policies on host envs stepped
     in-process (env.num_workers 0), where that pays off, else all."""
     call_timeout: float = 600.0
-    """Seconds the first compiled call may take before the run is stopped as hung (0: never);
-    later calls may take 20x the slowest one before."""
+    """Seconds the first compiled call, or an evaluation, may take before the run is stopped
+    as hung (0: never); later training calls may take 20x the slowest one before."""
+    stop_grace: float = 120.0
+    """After Ctrl+C or SIGTERM, seconds to wait for the current call to finish and the
+    checkpoint to be written before exiting without it (0: wait as long as it takes)."""
 
     def __post_init__(self):
         for name in ("total_steps", "num_steps", "num_seeds", "log_every", "eval_episodes"):
@@ -131,9 +136,9 @@ class TrainConfig:
             value = getattr(self, name)
             require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
         require(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
-        require(
-            self.call_timeout >= 0, "train.call_timeout", f"must be >= 0, got {self.call_timeout}"
-        )
+        for name in ("call_timeout", "stop_grace"):
+            value = getattr(self, name)
+            require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
 
 
 @dataclass(frozen=True)

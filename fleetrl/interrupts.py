@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import sys
 import threading
 from pathlib import Path
@@ -28,55 +29,130 @@ class CallWatchdog:
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
 
-    def start(self, timeout: float | None = None) -> None:
+    def start(self, timeout: float | None = None, what: str = "a compiled training call") -> None:
         if self.timeout <= 0:
             return
-        self._done.clear()
+        self._done = threading.Event()  # a fresh event: a late watcher of the last call ends
         limit = timeout or self.timeout
-        self._thread = threading.Thread(target=self._watch, args=(limit,), daemon=True)
+        self._thread = threading.Thread(
+            target=self._watch, args=(limit, what, self._done), daemon=True
+        )
         self._thread.start()
 
     def stop(self) -> None:
         self._done.set()
 
-    def _watch(self, limit: float) -> None:
-        if self._done.wait(limit):
+    def _watch(self, limit: float, what: str, done: threading.Event) -> None:
+        if done.wait(limit):
             return
         latest = checkpoint.latest(self.run_dir)
         sys.stderr.write(
-            f"\nfleetrl: error: a compiled training call has not returned after {limit:.0f} s "
-            "(train.call_timeout); the process is stopped instead of hanging. Either one logging "
-            "interval takes longer than that (slow envs or networks: lower train.log_every or "
-            "raise train.call_timeout), or XLA:CPU wedged, as it occasionally does with several "
-            f"vmapped seeds. Last committed checkpoint: {latest or 'none'}. Continue with: "
-            f"fleetrl train --resume {self.run_dir}\n"
+            f"\nfleetrl: error: {what} has not returned after {limit:.0f} s "
+            "(train.call_timeout); the process is stopped instead of hanging. Either it takes "
+            "longer than that (slow envs or networks: lower train.log_every or raise "
+            "train.call_timeout), an env hangs, or XLA:CPU wedged, as it occasionally does with "
+            f"several vmapped seeds. Last committed checkpoint: {latest or 'none'}. Continue "
+            f"with: fleetrl train --resume {self.run_dir}\n"
         )
         sys.stderr.flush()
         os._exit(3)
 
 
 class StopSignals:
-    """First SIGINT/SIGTERM: ask the loop to checkpoint and stop. Second: default action (exit
-    at once; committed checkpoints are never half-written, see checkpoint.save)."""
+    """First SIGINT/SIGTERM: ask the loop to checkpoint and stop, and exit anyway (code 128 +
+    signal) if it has not within ``grace`` seconds. Second: exit at once (committed checkpoints
+    are never half-written, see checkpoint.save).
 
-    def __init__(self, on_signal=None):
+    Python runs a signal handler only in the main thread, between bytecodes; while that thread
+    waits for a compiled call (a hung host env, a wedged XLA), the handler never runs. So the
+    signal numbers also go through ``signal.set_wakeup_fd`` to a watcher thread, which starts
+    the grace timer and, on the second signal, exits: a stuck run still stops.
+    """
+
+    def __init__(self, on_signal=None, grace: float = 0.0, run_dir: Path | None = None):
         self.received: int | None = None
         self._on_signal = on_signal
         self._previous: dict[int, Any] = {}
+        self._grace, self._run_dir = grace, run_dir
+        self._finished = threading.Event()
+        self._count = 0
+        self._lock = threading.Lock()
+        self._sockets: tuple[socket.socket, socket.socket] | None = None
+        self._previous_fd = -1
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+        reader, writer = socket.socketpair()
+        writer.setblocking(False)
+        try:
+            self._previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        except ValueError:  # not the main interpreter: the handler alone
+            reader.close(), writer.close()
+            return self
+        self._sockets = (reader, writer)
+        threading.Thread(target=self._watch, args=(reader,), daemon=True).start()
         return self
 
     def _handle(self, signum, frame):
-        self.received = signum
+        """Main thread, when it runs Python: stop the loop; a further signal kills at once."""
         for sig in self._previous:
             signal.signal(sig, signal.SIG_DFL)
+        self._seen(signum)
         if self._on_signal:
             self._on_signal(signum)
 
+    def _watch(self, reader: socket.socket) -> None:
+        """Watcher thread: every signal number written to the wakeup fd, main thread busy or not."""
+        while True:
+            try:
+                data = reader.recv(64)
+            except OSError:
+                return
+            if not data:
+                return
+            for signum in data:
+                if signum in (signal.SIGINT, signal.SIGTERM):
+                    self._seen(signum)
+
+    def _seen(self, signum: int) -> None:
+        with self._lock:
+            if self.received is None:
+                self.received = signum
+                if self._grace > 0:
+                    threading.Thread(target=self._deadline, args=(signum,), daemon=True).start()
+            self._count += 1
+            second = self._count >= 2
+        # the handler and the watcher both see each signal: two sightings are one signal,
+        # unless the handler could not run (then the watcher sees the second one alone)
+        if second and self._handler_blocked():
+            self._exit(signum, "a second signal arrived")
+
+    def _handler_blocked(self) -> bool:
+        return all(signal.getsignal(sig) == self._handle for sig in self._previous)
+
+    def _deadline(self, signum: int) -> None:
+        if not self._finished.wait(self._grace):
+            self._exit(
+                signum, f"the run did not stop within {self._grace:.0f} s (train.stop_grace)"
+            )
+
+    def _exit(self, signum: int, why: str) -> None:
+        latest = checkpoint.latest(self._run_dir) if self._run_dir else None
+        sys.stderr.write(
+            f"\nfleetrl: stopping without a new checkpoint after {signal.Signals(signum).name}: "
+            f"{why}. Last committed checkpoint: {latest or 'none'}.\n"
+        )
+        sys.stderr.flush()
+        os._exit(128 + signum)
+
     def __exit__(self, *exc):
+        self._finished.set()
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._sockets:
+            signal.set_wakeup_fd(self._previous_fd)
+            for sock in self._sockets:
+                sock.close()

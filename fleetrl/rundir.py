@@ -45,7 +45,8 @@ def new_run_dir(run: RunConfig) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"log.root: cannot write the run directory {path}: {error}") from None
+        field = "log.run_dir" if run.log.run_dir else "log.root"
+        raise ConfigError(f"{field}: cannot write the run directory {path}: {error}") from None
     return path
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from fleetrl import aot, checkpoint, envs
 from fleetrl.algos import get_algorithm
-from fleetrl.config import ConfigError, LogConfig, RunConfig, dump_yaml
+from fleetrl.config import ConfigError, LogConfig, RunConfig, dump_yaml, load_preset, to_dict
 from fleetrl.evaluate import make_evaluate
 from fleetrl.interrupts import CallWatchdog, StopSignals
 from fleetrl.logger import RunLogger
@@ -43,7 +44,9 @@ class Carry(NamedTuple):
 class TrainResult:
     run_dir: Path
     status: str
-    """completed | threshold (stop_at_return reached) | interrupted (signal) | stopped."""
+    """completed | threshold (stop_at_return reached) | interrupted (signal) | stopped |
+    diverged (updates no longer finite; the last checkpoint is the last finite state) | unsaved
+    (the final checkpoint could not be written, see ``detail``)."""
     env_steps: int
     """Env steps per seed."""
     eval_returns: np.ndarray | None
@@ -52,6 +55,8 @@ class TrainResult:
     compile_time: float
     steps_per_second: float
     """Env steps per second summed over seeds, compiled calls only."""
+    detail: str = ""
+    """Why a ``diverged`` run stopped, or why an ``unsaved`` one could not save."""
 
 
 def enable_compilation_cache() -> None:
@@ -223,13 +228,22 @@ def over_seeds(fn):
     return apply
 
 
+DIVERGED_STREAK = 64
+"""A seed whose last this many updates were all skipped as non-finite has diverged: its
+parameters no longer produce a finite loss, and waiting longer only burns time."""
+
+
 def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-seed metrics of one call: means over its iterations; episode means over episodes."""
+    """Per-seed metrics of one call: means over its iterations; episode means over episodes;
+    skipped updates summed; the non-finite streak as it stands after the last iteration."""
     metrics = dict(metrics)
     count = metrics.pop("episodes/count").sum(axis=1)
     returns = metrics.pop("episodes/return_sum").sum(axis=1)
     lengths = metrics.pop("episodes/length_sum").sum(axis=1)
     out = {name: value.mean(axis=1) for name, value in metrics.items()}
+    if "train/skipped_updates" in metrics:
+        out["train/skipped_updates"] = metrics["train/skipped_updates"].sum(axis=1)
+        out["train/nonfinite_streak"] = metrics["train/nonfinite_streak"][:, -1]
     with np.errstate(invalid="ignore", divide="ignore"):
         out["charts/episodic_return"] = np.where(count > 0, returns / count, np.nan)
         out["charts/episodic_length"] = np.where(count > 0, lengths / count, np.nan)
@@ -240,20 +254,71 @@ def _config_hash(run: RunConfig) -> str:
     return hashlib.sha256(dump_yaml(run).encode()).hexdigest()
 
 
+RESUME_MAY_CHANGE = (
+    "train.total_steps",
+    "train.log_every",
+    "train.eval_every",
+    "train.eval_episodes",
+    "train.eval_max_steps",
+    "train.checkpoint_every",
+    "train.stop_at_return",
+    "train.xla_threads",
+    "train.call_timeout",
+    "log.",
+)
+"""What a resumed run may change without ``allow_config_changes``: its length and its cadence
+of logging, evaluation and checkpoints, never what it learns or from what."""
+
+
+def resume_changes(saved: RunConfig, run: RunConfig) -> list[str]:
+    """``"key: old -> new"`` for each setting ``run`` changes from ``saved`` that a resume may
+    not change silently (see `RESUME_MAY_CHANGE`)."""
+
+    def flat(config: RunConfig) -> dict[str, Any]:
+        data = to_dict(config)
+        return {
+            f"{section}.{key}": value
+            for section in ("env", "train", "algo", "log")
+            for key, value in data[section].items()
+        } | {"algorithm": data["algorithm"]}
+
+    old, new = flat(saved), flat(run)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key) != new.get(key) and not key.startswith(RESUME_MAY_CHANGE)
+    ]
+
+
 def train(
     run: RunConfig,
     *,
     resume: str | Path | None = None,
+    allow_config_changes: bool = False,
+    resume_may_start: bool = False,
     stop_after_steps: int | None = None,
     command: list[str] | None = None,
     console=None,
 ) -> TrainResult:
     """Train ``run``; with ``resume``, continue the run in that directory from its last checkpoint.
 
-    ``stop_after_steps``: checkpoint and return once that many env steps are done (for tests and
-    schedulers). ``console``: a rich Console for the progress bar and messages (None: quiet).
+    A resumed run may change only its length and cadences (`RESUME_MAY_CHANGE`) unless
+    ``allow_config_changes``. ``resume_may_start``: a run directory without a committed
+    checkpoint starts over at step 0 instead of failing (``--resume auto``).
+    ``stop_after_steps``: checkpoint and return once that many env steps are done (for tests
+    and schedulers). ``console``: a rich Console for the progress bar and messages (None:
+    quiet).
     """
     started = time.time()
+    if resume and not allow_config_changes:
+        saved_path = Path(resume) / "config.yaml"
+        changes = resume_changes(load_preset(str(saved_path)), run) if saved_path.is_file() else []
+        if changes:
+            raise ConfigError(
+                f"--resume {resume}: the run was trained with other settings; resuming would "
+                "change " + "; ".join(changes) + ". Pass --allow-config-changes to resume "
+                "with them anyway (the run then no longer replays as one configuration)."
+            )
     env, eval_env, algo = build(run)  # bad input fails here, before a run directory exists
     try:
         run_dir = Path(resume) if resume else new_run_dir(run)
@@ -264,7 +329,7 @@ def train(
                 "init", run, env, make_init(algo, env), (seed_keys(run),), light=True
             )
             programs = _compile(run, env, eval_env, algo, carry_shapes)
-            carry, counters = _start(run, run_dir, env, init.result(), resume)
+            carry, counters = _start(run, run_dir, env, init.result(), resume, resume_may_start)
             write_config_and_metadata(run_dir, run, command or [])
             return _train_loop(
                 run,
@@ -285,9 +350,12 @@ def train(
         close_envs(env, eval_env)
 
 
-def _start(run: RunConfig, run_dir: Path, env, init, resume) -> tuple[Carry, dict[str, int]]:
-    """The first carry and counters: fresh, or restored from the last checkpoint (verified and
-    loaded before anything in the run directory is rewritten)."""
+def _start(
+    run: RunConfig, run_dir: Path, env, init, resume, may_start: bool = False
+) -> tuple[Carry, dict[str, int]]:
+    """The first carry and counters: fresh, or restored from the last checkpoint that loads
+    (verified and loaded before anything in the run directory is rewritten; newer damaged
+    ones are set aside, with a warning)."""
     carry = init(seed_keys(run))
     host_metrics(env)
     counters = {
@@ -299,10 +367,27 @@ def _start(run: RunConfig, run_dir: Path, env, init, resume) -> tuple[Carry, dic
     if not resume:
         return carry, counters
     checkpoint.clean_stale(run_dir)
-    latest = checkpoint.latest(run_dir)
-    if latest is None:
+    candidates = checkpoint.committed(run_dir)
+    if not candidates:
+        if may_start:  # records of the attempt that never checkpointed are dropped (step 0)
+            return carry, counters
         raise ConfigError(f"--resume: {run_dir} has no committed checkpoint to resume from")
-    restored, meta = checkpoint.load(latest, {"carry": carry})
+    damaged: list[tuple[Path, checkpoint.CheckpointError]] = []
+    for path in candidates:  # newest first; a damaged one falls back to the one before
+        try:
+            restored, meta = checkpoint.load(path, {"carry": carry})
+            break
+        except checkpoint.CheckpointError as error:
+            damaged.append((path, error))
+    else:
+        raise damaged[0][1]  # none loads: report the newest
+    for path, error in damaged:
+        aside = checkpoint.set_aside(path)
+        print(
+            f"fleetrl: warning: {error}; set aside as {aside.name}; resuming from "
+            f"{candidates[len(damaged)].name}",
+            file=sys.stderr,
+        )
     fresh_env, carry = carry.env, restored["carry"]
     if hasattr(env, "raise_if_failed"):  # host envs start new episodes on resume
         carry = carry._replace(env=fresh_env._replace(key=carry.env.key))
@@ -358,9 +443,11 @@ def _train_loop(
         counters.setdefault("next_video", run.log.video_every)
 
     def run_eval(steps: int) -> np.ndarray:
+        watchdog.start(run.train.call_timeout, "an evaluation")  # a host env may hang in it
         returns, lengths, finished = jax.device_get(
             evaluate(carry.algo_state, _eval_keys(run, steps))
         )
+        watchdog.stop()
         host_metrics(eval_env)
         mean = returns.mean(axis=1)
         logger.write(
@@ -373,20 +460,42 @@ def _train_loop(
         )
         return mean
 
-    def save() -> None:
+    def save() -> bool:
+        """Commit a checkpoint; refuse (False) when a parameter is NaN or Inf."""
+        nonfinite = _nonfinite_parameters(carry.algo_state)
+        if nonfinite:
+            divergence.append(
+                f"parameters are no longer finite at step {counters['env_steps']:,} "
+                f"({', '.join(nonfinite[:4])}{', ...' if len(nonfinite) > 4 else ''})"
+            )
+            return False
         meta = {
             "counters": counters,
             "config_sha256": _config_hash(run),
             "env_id": run.env.id,
             "num_seeds": num_seeds,
         }
-        checkpoint.save(run_dir, counters["env_steps"], {"carry": carry}, meta)
+        try:
+            checkpoint.save(run_dir, counters["env_steps"], {"carry": carry}, meta)
+        except OSError as error:  # disk full, quota, permissions: the previous one stays
+            message = (
+                f"fleetrl: warning: could not write the checkpoint of step "
+                f"{counters['env_steps']:,} in {run_dir / 'checkpoints'}: {error}; the last "
+                f"committed one ({checkpoint.latest(run_dir) or 'none'}) is intact"
+            )
+            print(message, file=sys.stderr)
+            save_errors.append(message)
+        return True
 
+    divergence: list[str] = []  # why the run diverged, if it did
+    save_errors: list[str] = []  # checkpoints that could not be written (training went on)
+    warned_seeds: set[int] = set()
     status, eval_returns, last_eval_step, run_time = "completed", None, -1, 0.0
     first_iteration = counters["iteration"]
     watchdog, slowest = CallWatchdog(run_dir, run.train.call_timeout), 0.0
     progress = Progress(console, run, counters["env_steps"]) if console else None
-    with StopSignals(progress.on_signal if progress else None) as signals:
+    on_signal = progress.on_signal if progress else None
+    with StopSignals(on_signal, run.train.stop_grace, run_dir) as signals:
         try:
             while counters["iteration"] < run.num_iterations:
                 call_start = time.time()
@@ -405,6 +514,9 @@ def _train_loop(
                     run.iterations_per_call * spi * num_seeds / call_time
                 )
                 logger.write(steps, metrics)
+                if _diverged(metrics, steps, divergence, warned_seeds, console):
+                    status = "diverged"
+                    break
                 if run.train.eval_every and steps >= counters["next_eval"]:
                     eval_returns, last_eval_step = run_eval(steps), steps
                     while counters["next_eval"] <= steps:
@@ -424,7 +536,9 @@ def _train_loop(
                     status = "threshold"
                     break
                 if run.train.checkpoint_every and steps >= counters["next_checkpoint"]:
-                    save()
+                    if not save():
+                        status = "diverged"
+                        break
                     while counters["next_checkpoint"] <= steps:
                         counters["next_checkpoint"] += run.train.checkpoint_every
                 if signals.received is not None:
@@ -435,7 +549,12 @@ def _train_loop(
                     break
             if status == "completed" and last_eval_step != counters["env_steps"]:
                 eval_returns = run_eval(counters["env_steps"])
-            save()
+            if status != "diverged":
+                errors_before = len(save_errors)
+                if not save():
+                    status = "diverged"
+                elif len(save_errors) > errors_before:
+                    status = "unsaved"  # trained, but the final checkpoint is not on disk
         finally:
             logger.close()
             if progress:
@@ -450,9 +569,51 @@ def _train_loop(
         time.time() - started,
         compile_time,
         sps,
+        "; ".join(divergence) if status == "diverged" else "; ".join(save_errors[-1:]),
     )
     _write_summary(result)
     return result
+
+
+def _nonfinite_parameters(algo_state) -> list[str]:
+    """Names of the parameter arrays holding a NaN or Inf (checked on the host before saving)."""
+    params = getattr(algo_state, "params", algo_state)
+    leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
+    return [
+        jax.tree_util.keystr(path)
+        for path, leaf in leaves
+        if np.issubdtype(np.asarray(leaf).dtype, np.floating) and not np.isfinite(leaf).all()
+    ]
+
+
+def _diverged(metrics, steps: int, divergence: list[str], warned: set[int], console) -> bool:
+    """True when every seed's last `DIVERGED_STREAK` updates were skipped as non-finite; warns
+    once about a seed that diverged while others still learn."""
+    streak = metrics.get("train/nonfinite_streak")
+    if streak is None:
+        return False
+    bad = [int(i) for i in np.flatnonzero(np.asarray(streak) >= DIVERGED_STREAK)]
+    if not bad:
+        return False
+    losses = ", ".join(
+        f"{name}={np.asarray(value).tolist()}"
+        for name, value in metrics.items()
+        if name.startswith("losses/") and not np.all(np.isfinite(value))
+    )
+    why = (
+        f"the last {DIVERGED_STREAK}+ updates had a NaN or Inf gradient at step {steps:,}"
+        + (f" ({losses})" if losses else "")
+        + "; lower algo.learning_rate or algo.max_grad_norm"
+    )
+    if len(bad) == len(np.asarray(streak)):
+        divergence.append(why)
+        return True
+    new = [i for i in bad if i not in warned]
+    if new:
+        warned.update(new)
+        message = f"fleetrl: warning: seed(s) {new} diverged: {why}; the other seeds go on"
+        (console.print(message, markup=False) if console else print(message, file=sys.stderr))
+    return False
 
 
 def _write_summary(result: TrainResult) -> None:
@@ -464,6 +625,7 @@ def _write_summary(result: TrainResult) -> None:
 
     summary = {
         "status": result.status,
+        **({"detail": result.detail} if result.detail else {}),
         "env_steps": result.env_steps,
         "eval_returns": None
         if result.eval_returns is None

@@ -378,6 +378,17 @@ def test_restart_budget_exhausted_raises_the_last_error(pools):
     assert "gave up after 2 worker restarts" in "".join(info.value.__notes__)
 
 
+def test_occasional_faults_never_use_up_the_restart_budget(pools):
+    # env 1 crashes on every 3rd step of its life: 6 restarts in 18 steps, never 2 in a row
+    kwargs = {"crash_at_step": 3, "fault_envs": (1,)}
+    pool = pools(FAKE, 2, env_kwargs=kwargs, on_error="restart", max_restarts=1)
+    pool.reset()
+    restarted = 0
+    for _ in range(18):
+        restarted += int(pool.step(np.zeros(2, np.int64)).truncated[1] and pool.last_restarted[1])
+    assert pool.num_restarts == restarted == 6
+
+
 @pytest.mark.timeout(30)
 def test_ctrl_c_while_stepping_leaves_no_orphans_or_worker_tracebacks(pools, capfd):
     pool = pools(FAKE, 2, 2, env_kwargs={"stall_at_step": 1, "stall_seconds": 2})

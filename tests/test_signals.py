@@ -117,3 +117,67 @@ def test_watchdog_stops_a_call_that_never_returns(tmp_path):
     assert proc.returncode == 3
     assert "has not returned after 0 s" in proc.stderr or "after 1 s" in proc.stderr
     assert f"fleetrl train --resume {tmp_path}" in proc.stderr
+
+
+def start_hanging_eval(run_dir, *extra):
+    """A host-env run whose evaluation hangs: eval env 5 (training has envs 0-3) sleeps forever
+    in its third step, inside the compiled evaluation."""
+    return start(
+        run_dir,
+        "--env.id", "fleetrl.envs.fake:FaultyEnv",
+        "--env.backend", "gymnasium",
+        "--env.num-envs", "4",
+        "--env.num-workers", "0",
+        "--env.kwargs", "{stall_at_step: 3, stall_seconds: 100000, fault_envs: [5]}",
+        "--train.num-steps", "32",
+        "--train.log-every", "128",
+        "--train.eval-every", "128",
+        "--train.eval-episodes", "6",
+        "--train.checkpoint-every", "0",
+        *extra,
+    )  # fmt: skip
+
+
+def test_a_hung_evaluation_is_stopped_by_the_watchdog(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_hanging_eval(run_dir, "--train.call-timeout", "10")
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, out
+    assert "an evaluation has not returned after 10 s" in out
+
+
+def test_sigterm_while_an_env_hangs_exits_within_the_grace(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_hanging_eval(run_dir, "--train.stop-grace", "2")
+    try:
+        wait_for(lambda: metrics_lines(run_dir) >= 1)  # the evaluation right after hangs
+        time.sleep(1.0)
+        sent = time.time()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+        waited = time.time() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "did not stop within 2 s (train.stop_grace)" in out
+    assert waited < 20
+
+
+def test_a_second_signal_while_an_env_hangs_exits_at_once(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_hanging_eval(run_dir, "--train.stop-grace", "0")  # 0: wait for ever
+    try:
+        wait_for(lambda: metrics_lines(run_dir) >= 1)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGINT)
+        time.sleep(1.0)
+        assert proc.poll() is None  # the first one only asks the loop to stop
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, out
+    assert "a second signal arrived" in out

@@ -1,5 +1,6 @@
 """The driver: smoke runs of every preset, run directory, exact resume, no recompiles."""
 
+import dataclasses
 import json
 
 import jax
@@ -139,3 +140,96 @@ def test_ppo_shared_torso_has_one_torso_and_two_output_layers(tiny):
     result = train(run)
     assert result.status == "completed"
     assert np.isfinite(result.eval_returns).all()
+
+
+def test_resume_refuses_changed_settings_naming_them(tiny, capsys):
+    run = tiny("ppo-cartpole", iterations=2)
+    result = train(run)
+    run_dir = str(result.run_dir)
+    before = (result.run_dir / "config.yaml").read_text()
+    code = main(
+        ["train", "--resume", run_dir, "--algo.learning-rate", "0.5", "--algo.gamma", "0.9"]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "algo.learning_rate: 0.0005 -> 0.5" in err and "algo.gamma: 0.99 -> 0.9" in err
+    assert "--allow-config-changes" in err
+    assert (result.run_dir / "config.yaml").read_text() == before  # nothing rewritten
+    # length and cadences may change; with the flag, anything may
+    spi = run.steps_per_iteration
+    assert main(["train", "--resume", run_dir, "--train.total-steps", str(3 * spi)]) == 0
+    code = main(
+        ["train", "--resume", run_dir, "--allow-config-changes", "--algo.gamma", "0.9",
+         "--train.total-steps", str(4 * spi)]
+    )  # fmt: skip
+    assert code == 0
+    assert "gamma: 0.9" in (result.run_dir / "config.yaml").read_text()
+
+
+def test_resume_falls_back_past_a_damaged_checkpoint(tiny, capsys):
+    run = tiny("ppo-cartpole", iterations=3)
+    run = dataclasses.replace(
+        run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
+    )
+    result = train(run)
+    saved = checkpoint.committed(result.run_dir)
+    assert [p.name for p in saved[:2]] == [
+        f"step_{result.env_steps}",
+        "step_" + str(2 * run.steps_per_iteration),
+    ]
+    state = saved[0] / checkpoint.STATE_FILE
+    state.write_bytes(state.read_bytes()[:100])  # truncated
+    total = str(4 * run.steps_per_iteration)
+    assert main(["train", "--resume", str(result.run_dir), "--train.total-steps", total]) == 0
+    err = capsys.readouterr().err
+    assert str(state) in err and f"resuming from {saved[1].name}" in err
+    assert list(result.run_dir.glob(f"checkpoints/{saved[0].name}.damaged-*"))
+    assert checkpoint.latest(result.run_dir).name == f"step_{total}"
+
+
+def test_resume_auto_starts_then_continues(tiny, tmp_path):
+    run_dir = tmp_path / "auto"
+    spi = 8 * 64  # ppo-cartpole: 8 envs x 64 steps
+    args = [
+        "train", "ppo-cartpole", "--log.run-dir", str(run_dir), "--resume", "auto",
+        "--log.progress", "False", "--log.tensorboard", "False", "--train.eval-every", "0",
+        "--train.log-every", str(spi), "--train.checkpoint-every", str(spi),
+    ]  # fmt: skip
+    assert main([*args, "--train.total-steps", str(spi)]) == 0  # starts
+    assert checkpoint.latest(run_dir).name == f"step_{spi}"
+    assert main([*args, "--train.total-steps", str(2 * spi)]) == 0  # continues
+    assert checkpoint.latest(run_dir).name == f"step_{2 * spi}"
+    steps = [r["step"] for r in records(run_dir) if "losses/policy_loss" in r]
+    assert steps == [spi, 2 * spi]
+    assert main(["train", "ppo-cartpole", "--resume", "auto"]) == 2  # needs --log.run-dir
+
+
+def test_a_checkpoint_that_cannot_be_written_is_a_warning_then_an_error_at_the_end(
+    tiny, monkeypatch, capsys
+):
+    run = tiny("ppo-cartpole", iterations=3)
+    spi = run.steps_per_iteration
+    run = dataclasses.replace(run, train=dataclasses.replace(run.train, checkpoint_every=spi))
+    real, calls = checkpoint.save, []
+
+    def disk_full_on(bad_calls):
+        def save(run_dir, step, *args, **kwargs):
+            calls.append(step)
+            if len(calls) in bad_calls:
+                raise OSError(28, "No space left on device")
+            return real(run_dir, step, *args, **kwargs)
+
+        return save
+
+    monkeypatch.setattr(checkpoint, "save", disk_full_on({2}))
+    result = train(run)
+    assert result.status == "completed"  # the periodic failure: a warning, training went on
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and f"step_{spi}" in err  # the intact one, named
+    assert checkpoint.latest(result.run_dir).name == f"step_{3 * spi}"
+    calls.clear()
+    monkeypatch.setattr(checkpoint, "save", disk_full_on(range(1, 100)))
+    other_dir = str(result.run_dir.parent / "second")
+    rerun = dataclasses.replace(run, log=dataclasses.replace(run.log, run_dir=other_dir))
+    result = train(rerun)
+    assert result.status == "unsaved" and "No space left on device" in result.detail

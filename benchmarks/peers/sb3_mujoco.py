@@ -4,7 +4,7 @@ Same settings as fleetrl's preset (CleanRL's ppo_continuous_action): 8 envs (Dum
 steps, 10 epochs of 64-sample minibatches, lr 3e-4 linearly annealed, gamma 0.99, GAE 0.95, clip
 0.2, no entropy bonus, separate 64-64 tanh networks, VecNormalize on observations and rewards.
 Runs --steps env steps without evaluation and prints one JSON line with the steps/s measured from
-the end of the first rollout.
+the end of the first rollout and the wall time from process start (imports included).
 """
 
 import time
@@ -57,6 +57,7 @@ def main():
                 "steps": model.num_timesteps,
                 "seed": a.seed,
                 "torch_threads": torch.get_num_threads(),
+                "process_wall": round(time.time() - T0, 2),
             }
         ),
         flush=True,

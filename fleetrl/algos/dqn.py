@@ -13,6 +13,7 @@ import optax
 from flax import struct
 
 from fleetrl import replay
+from fleetrl.algos.guard import clip_or_skip, skip_metrics
 from fleetrl.config import ConfigError, require
 from fleetrl.nets import MLP
 from fleetrl.returns import n_step_target
@@ -121,9 +122,8 @@ def make(run, spec: EnvSpec) -> Algorithm:
     cfg = run.algo
     network = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, out_gain=1.0)
     # one flat vector for Adam: fewer XLA:CPU kernels per gradient step (see ppo/learner.py)
-    optimizer = optax.flatten(
-        optax.chain(optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(cfg.learning_rate))
-    )
+    # a NaN or Inf gradient skips its update instead of poisoning the parameters (guard.py)
+    optimizer = optax.flatten(clip_or_skip(optax.adam(cfg.learning_rate), cfg.max_grad_norm))
     capacity_rows = cfg.buffer_size // spec.num_envs
     decay_steps = max(1.0, cfg.exploration_fraction * run.train.total_steps)
     # learning_starts in buffer rows, and at least one n-step window
@@ -234,6 +234,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
         learner = (state.params, state.target_params, state.opt_state, state.gradient_steps)
         learner, metrics = jax.lax.cond(state.buffer.size >= start_rows, train, skip, learner)
         params, target_params, opt_state, count = learner
+        metrics.update(skip_metrics(state.opt_state, opt_state))
         state = state.replace(
             params=params, target_params=target_params, opt_state=opt_state, gradient_steps=count
         )

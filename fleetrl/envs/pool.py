@@ -84,9 +84,11 @@ class EnvPool:
     (``seed``: the last one given to `reset` or the constructor). In the returned step those
     envs show ``truncated=True``, ``reward=0``, ``final_obs`` = their last good observation and
     the broken episode's totals; ``last_restarted`` marks them, so that a trainer can drop the
-    transition instead of bootstrapping through a fault. ``num_restarts`` counts restarts; past
-    ``max_restarts`` the last error is raised. ``step_timeout`` applies to worker processes only
-    (an in-process env cannot be interrupted).
+    transition instead of bootstrapping through a fault. ``num_restarts`` counts restarts; after
+    ``max_restarts`` restarts in a row (no fault-free step between them, so an env that fails
+    for good) the last error is raised: occasional faults over a long run never exhaust it.
+    ``step_timeout`` applies to worker processes only (an in-process env cannot be
+    interrupted).
 
     ``check_finite``: NaN/Inf in an observation or reward is an `EnvStepError` (or a restart);
     it costs one float64 sum per step (2.5 us with 16 CartPole envs).
@@ -135,6 +137,7 @@ class EnvPool:
         self.num_steps = 0
         """Batched steps sent so far (the "pool step" named in errors)."""
         self.num_restarts = 0
+        self._restarts_in_a_row = 0
         self.last_clip_fraction = 0.0
         """Fraction of continuous action elements clipped to the Box in the last step."""
         self.last_restarted = np.zeros(num_envs, dtype=bool)
@@ -287,13 +290,14 @@ class EnvPool:
         expected = (self.spec.observation_space, self.spec.action_space)
         indices = self._workers.groups[slot]
         while True:
-            if self.num_restarts >= self.max_restarts:
+            if self._restarts_in_a_row >= self.max_restarts:
                 error.add_note(
-                    f"EnvPool gave up after {self.num_restarts} worker restarts "
-                    f"(max_restarts={self.max_restarts})"
+                    f"EnvPool gave up after {self._restarts_in_a_row} worker restarts in a row "
+                    f"(max_restarts={self.max_restarts}; {self.num_restarts} in all)"
                 )
                 raise error
             self.num_restarts += 1
+            self._restarts_in_a_row += 1
             try:
                 self._raise_first(self._workers.replace(slot), "startup")
                 spaces = self._workers.workers[slot].info["spaces"]
@@ -333,6 +337,8 @@ class EnvPool:
                 self._raise_first(list(faults.values()), phase)
             for slot, fault in sorted(faults.items()):
                 self._restart(slot, self._error(fault, phase))
+        elif stepped:
+            self._restarts_in_a_row = 0
         a = self._arrays
         timestep = HostTimeStep(
             a["obs"].copy(),

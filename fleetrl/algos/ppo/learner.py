@@ -11,6 +11,7 @@ import optax
 from flax import struct
 
 from fleetrl import distributions as D
+from fleetrl.algos.guard import clip_or_skip, skip_metrics
 from fleetrl.algos.ppo import losses
 from fleetrl.config import ConfigError
 from fleetrl.nets import MLP, GaussianHead, Torso
@@ -102,11 +103,8 @@ def make(run, spec: EnvSpec) -> Algorithm:
     # Adam on one flat vector instead of per-layer leaves: the minibatch step compiled to 94
     # XLA:CPU kernels instead of 148 (CartPole MLPs), and each kernel launch costs more than
     # its arithmetic at these sizes.
-    optimizer = optax.flatten(
-        optax.chain(
-            optax.clip_by_global_norm(cfg.max_grad_norm), optax.adam(learning_rate, eps=1e-5)
-        )
-    )
+    # A NaN or Inf gradient skips its update instead of poisoning the parameters (guard.py).
+    optimizer = optax.flatten(clip_or_skip(optax.adam(learning_rate, eps=1e-5), cfg.max_grad_norm))
 
     def observe(state: PPOState, obs: Array) -> Array:
         if cfg.normalize_observations:
@@ -264,6 +262,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
             unroll=unroll,
         )
         metrics = {**jax.tree.map(jnp.mean, metrics), **diagnose(params, batch)}
+        metrics.update(skip_metrics(state.opt_state, opt_state))
         penalty = state.kl_penalty
         if cfg.objective == "kl_penalty":
             penalty = losses.adapt_kl_penalty(penalty, metrics["train/kl"], cfg.kl_target)
