@@ -35,6 +35,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, damaged, from a newer format, or does not match the target."""
 
 
+class CheckpointDamagedError(CheckpointError):
+    """The checkpoint's bytes are incomplete or altered (manifest, sizes, checksums, decoding):
+    unlike a newer format or another run's shapes, an older checkpoint of the run may do."""
+
+
 def _fsync_dir(path: Path) -> None:
     # A rename is only durable once the directory holding the entry is flushed. Windows cannot
     # open a directory for fsync, and its renames are journaled anyway.
@@ -191,11 +196,13 @@ def _read_verified(path: Path) -> dict[str, bytes]:
     """Contents of the files listed in the manifest, after checking format, sizes and sha256."""
     mpath = path / MANIFEST_FILE
     if not mpath.is_file():
-        raise CheckpointError(f"{mpath}: manifest missing; not a complete fleetrl checkpoint")
+        raise CheckpointDamagedError(
+            f"{mpath}: manifest missing; not a complete fleetrl checkpoint"
+        )
     try:
         manifest = json.loads(mpath.read_bytes())
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{mpath}: manifest is not valid JSON ({e})") from None
+        raise CheckpointDamagedError(f"{mpath}: manifest is not valid JSON ({e})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"{mpath}: not a {FORMAT} manifest")
     version = manifest.get("format_version")
@@ -218,15 +225,15 @@ def _read_verified(path: Path) -> dict[str, bytes]:
         if not isinstance(entry, dict) or not {"sha256", "bytes"} <= entry.keys():
             raise CheckpointError(f"{mpath}: entry for {name!r} lacks sha256/bytes")
         if not fpath.is_file():
-            raise CheckpointError(f"{fpath}: listed in the manifest but missing")
+            raise CheckpointDamagedError(f"{fpath}: listed in the manifest but missing")
         data = fpath.read_bytes()
         if len(data) != entry["bytes"]:
-            raise CheckpointError(
+            raise CheckpointDamagedError(
                 f"{fpath}: expected {entry['bytes']} bytes, found {len(data)} bytes (truncated "
                 "or incomplete write)"
             )
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-            raise CheckpointError(
+            raise CheckpointDamagedError(
                 f"{fpath}: checksum mismatch (sha256 differs from the manifest); the file was "
                 "altered or corrupted"
             )
@@ -267,12 +274,14 @@ def _check_tree(saved: Any, expected: Any, where: str, fpath: Path) -> None:
             )
 
 
-def load(path: str | Path, target: Any) -> tuple[Any, dict]:
+def load(path: str | Path, target: Any, upgrade=None) -> tuple[Any, dict]:
     """Verify and read the checkpoint dir ``path``; returns ``(state, meta)``.
 
     ``target`` gives the pytree structure, shapes and dtypes expected (a concrete state or one
-    of ``jax.ShapeDtypeStruct`` leaves). Restored leaves are read-only numpy arrays. Raises
-    CheckpointError, naming the offending file, on any mismatch or damage.
+    of ``jax.ShapeDtypeStruct`` leaves). ``upgrade(saved, expected)``, if given, may rewrite the
+    decoded state dict of an older layout into the expected one (both as state dicts) before
+    it is checked. Restored leaves are read-only numpy arrays. Raises CheckpointError (for
+    damage: CheckpointDamagedError), naming the offending file, on any mismatch or damage.
     """
     path = Path(path)
     files = _read_verified(path)
@@ -280,7 +289,7 @@ def load(path: str | Path, target: Any) -> tuple[Any, dict]:
     try:
         meta = json.loads(files[META_FILE])
     except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{mpath}: not valid JSON ({e})") from None
+        raise CheckpointDamagedError(f"{mpath}: not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{mpath}: expected a JSON object, got {type(meta).__name__}")
     try:
@@ -288,8 +297,11 @@ def load(path: str | Path, target: Any) -> tuple[Any, dict]:
         # are refused by numpy), so a hostile file cannot execute code here.
         restored = serialization.msgpack_restore(files[STATE_FILE])
     except Exception as e:
-        raise CheckpointError(f"{spath}: cannot decode msgpack state ({e})") from None
-    _check_tree(restored, serialization.to_state_dict(target), "", spath)
+        raise CheckpointDamagedError(f"{spath}: cannot decode msgpack state ({e})") from None
+    expected = serialization.to_state_dict(target)
+    if upgrade is not None:
+        restored = upgrade(restored, expected)
+    _check_tree(restored, expected, "", spath)
     try:
         state = serialization.from_state_dict(target, restored)
     except Exception as e:

@@ -17,7 +17,7 @@ USAGE = """usage: fleetrl <command> ...
 
 commands:
   train <preset> [--section.key value ...]   train a preset (see `fleetrl presets`)
-  train <preset> --log.run-dir DIR --resume auto [...]
+  train <preset> --log.run-dir DIR --resume auto [--allow-config-changes] [...]
                                              continue the run in DIR if there is one, else
                                              start it there (rerun the same command after a
                                              crash or preemption)
@@ -76,6 +76,8 @@ def cmd_train(argv: list[str]) -> int:
         preset, prog = str(config_path), f"fleetrl train --resume {resume}"
     elif argv and not argv[0].startswith("-"):
         preset, overrides, prog = argv[0], argv[1:], f"fleetrl train {argv[0]}"
+        allow_changes = "--allow-config-changes" in overrides
+        overrides = [arg for arg in overrides if arg != "--allow-config-changes"]
         if "--resume" in overrides:  # `--resume auto`: continue the run in log.run_dir, if any
             at = overrides.index("--resume")
             if overrides[at + 1 : at + 2] != ["auto"]:
@@ -119,7 +121,7 @@ def cmd_train(argv: list[str]) -> int:
 
         latest = checkpoint.latest(result.run_dir)
         kept = (
-            f"the last checkpoint ({latest}) holds finite parameters"
+            f"the last checkpoint ({latest}) was written before every update was skipped"
             if latest
             else "no checkpoint was written"
         )

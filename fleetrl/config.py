@@ -62,8 +62,8 @@ class EnvConfig:
     on_error: Literal["raise", "restart"] = "raise"
     """gymnasium: on a failing or dead worker, stop the run (raise) or restart its envs."""
     max_restarts: int = 10
-    """gymnasium: worker restarts allowed in a row (no fault-free step between them) before the
-    error is raised anyway; occasional faults in a long run never use it up."""
+    """gymnasium: worker restarts allowed within any 1,000 batched steps; one more fault there
+    raises the error (an env that fails for good). Occasional faults never use it up."""
 
     def __post_init__(self):
         require(self.num_envs >= 1, "env.num_envs", f"must be >= 1, got {self.num_envs}")

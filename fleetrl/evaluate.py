@@ -60,6 +60,7 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     import numpy as np
 
     from fleetrl import checkpoint
+    from fleetrl.algos.guard import upgrade_checkpoint
     from fleetrl.config import ConfigError, load_preset
     from fleetrl.train import (
         build,
@@ -84,7 +85,7 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     env, eval_env, algo = build(run)
     try:
         target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
-        restored, _ = checkpoint.load(latest, target)
+        restored, _ = checkpoint.load(latest, target, upgrade_checkpoint)
         algo_state = restored["carry"].algo_state
         keys = raw_keys([seed + i for i in range(run.train.num_seeds)])
         evaluate = jax.jit(

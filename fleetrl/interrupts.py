@@ -100,12 +100,16 @@ class StopSignals:
         """Main thread, when it runs Python: stop the loop; a further signal kills at once."""
         for sig in self._previous:
             signal.signal(sig, signal.SIG_DFL)
-        self._seen(signum)
+        if self._sockets is None:  # no watcher: count here
+            self._seen(signum)
+        elif self.received is None:
+            self.received = signum
         if self._on_signal:
             self._on_signal(signum)
 
     def _watch(self, reader: socket.socket) -> None:
-        """Watcher thread: every signal number written to the wakeup fd, main thread busy or not."""
+        """Watcher thread: each signal delivered while our handler is installed arrives here
+        exactly once, main thread busy or not."""
         while True:
             try:
                 data = reader.recv(64)
@@ -119,19 +123,14 @@ class StopSignals:
 
     def _seen(self, signum: int) -> None:
         with self._lock:
+            self._count += 1
+            first = self._count == 1
             if self.received is None:
                 self.received = signum
-                if self._grace > 0:
-                    threading.Thread(target=self._deadline, args=(signum,), daemon=True).start()
-            self._count += 1
-            second = self._count >= 2
-        # the handler and the watcher both see each signal: two sightings are one signal,
-        # unless the handler could not run (then the watcher sees the second one alone)
-        if second and self._handler_blocked():
+        if first and self._grace > 0:
+            threading.Thread(target=self._deadline, args=(signum,), daemon=True).start()
+        if not first:  # only reaches us while our handler was still installed: it never ran
             self._exit(signum, "a second signal arrived")
-
-    def _handler_blocked(self) -> bool:
-        return all(signal.getsignal(sig) == self._handle for sig in self._previous)
 
     def _deadline(self, signum: int) -> None:
         if not self._finished.wait(self._grace):
@@ -150,9 +149,13 @@ class StopSignals:
 
     def __exit__(self, *exc):
         self._finished.set()
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        if self._sockets:
-            signal.set_wakeup_fd(self._previous_fd)
-            for sock in self._sockets:
-                sock.close()
+        try:
+            if self._sockets:  # first, so that a signal landing below cannot strand it
+                signal.set_wakeup_fd(self._previous_fd)
+        finally:
+            try:
+                for sig, handler in self._previous.items():
+                    signal.signal(sig, handler)
+            finally:
+                for sock in self._sockets or ():
+                    sock.close()

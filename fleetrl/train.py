@@ -23,6 +23,7 @@ import numpy as np
 
 from fleetrl import aot, checkpoint, envs
 from fleetrl.algos import get_algorithm
+from fleetrl.algos.guard import upgrade_checkpoint
 from fleetrl.config import ConfigError, LogConfig, RunConfig, dump_yaml, load_preset, to_dict
 from fleetrl.evaluate import make_evaluate
 from fleetrl.interrupts import CallWatchdog, StopSignals
@@ -45,7 +46,7 @@ class TrainResult:
     run_dir: Path
     status: str
     """completed | threshold (stop_at_return reached) | interrupted (signal) | stopped |
-    diverged (updates no longer finite; the last checkpoint is the last finite state) | unsaved
+    diverged (updates no longer finite; the last checkpoint predates that) | unsaved
     (the final checkpoint could not be written, see ``detail``)."""
     env_steps: int
     """Env steps per seed."""
@@ -229,8 +230,9 @@ def over_seeds(fn):
 
 
 DIVERGED_STREAK = 64
-"""A seed whose last this many updates were all skipped as non-finite has diverged: its
-parameters no longer produce a finite loss, and waiting longer only burns time."""
+"""A seed whose last this many updates, and at least two iterations' worth, were all skipped
+as non-finite has diverged: its parameters no longer produce a finite loss, and waiting
+longer only burns time."""
 
 
 def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -264,10 +266,15 @@ RESUME_MAY_CHANGE = (
     "train.stop_at_return",
     "train.xla_threads",
     "train.call_timeout",
+    "train.stop_grace",
+    "env.step_timeout",
+    "env.max_restarts",
+    "env.on_error",
     "log.",
 )
-"""What a resumed run may change without ``allow_config_changes``: its length and its cadence
-of logging, evaluation and checkpoints, never what it learns or from what."""
+"""What a resumed run may change without ``allow_config_changes``: its length, its cadence of
+logging, evaluation and checkpoints, and its handling of faults; never what it learns or from
+what."""
 
 
 def resume_changes(saved: RunConfig, run: RunConfig) -> list[str]:
@@ -375,9 +382,9 @@ def _start(
     damaged: list[tuple[Path, checkpoint.CheckpointError]] = []
     for path in candidates:  # newest first; a damaged one falls back to the one before
         try:
-            restored, meta = checkpoint.load(path, {"carry": carry})
+            restored, meta = checkpoint.load(path, {"carry": carry}, upgrade_checkpoint)
             break
-        except checkpoint.CheckpointError as error:
+        except checkpoint.CheckpointDamagedError as error:  # not: a newer format, other shapes
             damaged.append((path, error))
     else:
         raise damaged[0][1]  # none loads: report the newest
@@ -444,10 +451,12 @@ def _train_loop(
 
     def run_eval(steps: int) -> np.ndarray:
         watchdog.start(run.train.call_timeout, "an evaluation")  # a host env may hang in it
-        returns, lengths, finished = jax.device_get(
-            evaluate(carry.algo_state, _eval_keys(run, steps))
-        )
-        watchdog.stop()
+        try:
+            returns, lengths, finished = jax.device_get(
+                evaluate(carry.algo_state, _eval_keys(run, steps))
+            )
+        finally:  # an exception must not leave the watchdog to kill the process later
+            watchdog.stop()
         host_metrics(eval_env)
         mean = returns.mean(axis=1)
         logger.write(
@@ -488,6 +497,7 @@ def _train_loop(
         return True
 
     divergence: list[str] = []  # why the run diverged, if it did
+    metrics: dict[str, np.ndarray] = {}  # of the last call
     save_errors: list[str] = []  # checkpoints that could not be written (training went on)
     warned_seeds: set[int] = set()
     status, eval_returns, last_eval_step, run_time = "completed", None, -1, 0.0
@@ -501,9 +511,11 @@ def _train_loop(
                 call_start = time.time()
                 # later calls: 20x the slowest call so far, at least the configured timeout / 5
                 watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
-                carry, metrics = train_call(carry)
-                metrics = summarize(jax.device_get(metrics))
-                watchdog.stop()
+                try:
+                    carry, metrics = train_call(carry)
+                    metrics = summarize(jax.device_get(metrics))
+                finally:
+                    watchdog.stop()
                 metrics.update(host_metrics(env))
                 call_time = time.time() - call_start
                 slowest = max(slowest, call_time)
@@ -514,7 +526,8 @@ def _train_loop(
                     run.iterations_per_call * spi * num_seeds / call_time
                 )
                 logger.write(steps, metrics)
-                if _diverged(metrics, steps, divergence, warned_seeds, console):
+                ipc = run.iterations_per_call
+                if _diverged(metrics, steps, ipc, divergence, warned_seeds, console):
                     status = "diverged"
                     break
                 if run.train.eval_every and steps >= counters["next_eval"]:
@@ -535,7 +548,11 @@ def _train_loop(
                 ):
                     status = "threshold"
                     break
-                if run.train.checkpoint_every and steps >= counters["next_checkpoint"]:
+                if (
+                    run.train.checkpoint_every
+                    and steps >= counters["next_checkpoint"]
+                    and not _all_skipping(metrics)  # keep the checkpoints from before
+                ):
                     if not save():
                         status = "diverged"
                         break
@@ -549,6 +566,12 @@ def _train_loop(
                     break
             if status == "completed" and last_eval_step != counters["env_steps"]:
                 eval_returns = run_eval(counters["env_steps"])
+            if status != "diverged" and _all_skipping(metrics):
+                status = "diverged"
+                divergence.append(
+                    f"the run stopped at step {counters['env_steps']:,} while every update was "
+                    "skipped as non-finite; no checkpoint was written then"
+                )
             if status != "diverged":
                 errors_before = len(save_errors)
                 if not save():
@@ -569,7 +592,7 @@ def _train_loop(
         time.time() - started,
         compile_time,
         sps,
-        "; ".join(divergence) if status == "diverged" else "; ".join(save_errors[-1:]),
+        {"diverged": "; ".join(divergence), "unsaved": "; ".join(save_errors[-1:])}.get(status, ""),
     )
     _write_summary(result)
     return result
@@ -586,13 +609,27 @@ def _nonfinite_parameters(algo_state) -> list[str]:
     ]
 
 
-def _diverged(metrics, steps: int, divergence: list[str], warned: set[int], console) -> bool:
-    """True when every seed's last `DIVERGED_STREAK` updates were skipped as non-finite; warns
-    once about a seed that diverged while others still learn."""
+def _all_skipping(metrics) -> bool:
+    """Every seed's latest update was skipped as non-finite: a checkpoint now would only
+    rotate out the ones from before."""
+    streak = metrics.get("train/nonfinite_streak")
+    return streak is not None and bool(np.all(np.asarray(streak) > 0))
+
+
+def _diverged(
+    metrics, steps: int, iterations: int, divergence: list[str], warned: set[int], console
+) -> bool:
+    """True when every seed's last `DIVERGED_STREAK` updates, and at least two iterations'
+    worth, were skipped as non-finite; warns once about a seed that diverged while others
+    still learn. ``iterations``: iterations in the call the metrics summarize."""
     streak = metrics.get("train/nonfinite_streak")
     if streak is None:
         return False
-    bad = [int(i) for i in np.flatnonzero(np.asarray(streak) >= DIVERGED_STREAK)]
+    # a fully skipped call skipped every update: its count per iteration is the updates per
+    # iteration (320 for the MuJoCo presets, 16 for ppo-cartpole)
+    per_iteration = np.asarray(metrics["train/skipped_updates"]) / iterations
+    limit = np.maximum(DIVERGED_STREAK, 2 * per_iteration)
+    bad = [int(i) for i in np.flatnonzero(np.asarray(streak) >= limit)]
     if not bad:
         return False
     losses = ", ".join(
@@ -601,7 +638,8 @@ def _diverged(metrics, steps: int, divergence: list[str], warned: set[int], cons
         if name.startswith("losses/") and not np.all(np.isfinite(value))
     )
     why = (
-        f"the last {DIVERGED_STREAK}+ updates had a NaN or Inf gradient at step {steps:,}"
+        f"the last {int(np.max(np.asarray(streak)[bad]))} updates had a NaN or Inf gradient "
+        f"at step {steps:,}"
         + (f" ({losses})" if losses else "")
         + "; lower algo.learning_rate or algo.max_grad_norm"
     )

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from fleetrl.algos.guard import upgrade_checkpoint
 from fleetrl.config import ConfigError
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -276,7 +277,7 @@ def _load_run(run_dir: str | Path):
     if latest is None:
         raise ConfigError(f"{run_dir}: no committed checkpoint to visualize")
     target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
-    restored, meta = checkpoint.load(latest, target)
+    restored, meta = checkpoint.load(latest, target, upgrade_checkpoint)
     step = meta.get("counters", {}).get("env_steps", int(latest.name.removeprefix("step_")))
     return run, algo, env.spec, restored["carry"].algo_state, int(step)
 

@@ -379,14 +379,26 @@ def test_restart_budget_exhausted_raises_the_last_error(pools):
 
 
 def test_occasional_faults_never_use_up_the_restart_budget(pools):
-    # env 1 crashes on every 3rd step of its life: 6 restarts in 18 steps, never 2 in a row
+    # env 1 crashes in the 1,100th step of each life: 3 restarts in 3,400 steps, never 2 within
+    # RESTART_WINDOW (1,000) steps; a crash every 3rd step exhausts the same budget at once
+    from fleetrl.envs.pool import RESTART_WINDOW
+
+    assert RESTART_WINDOW == 1000
+    kwargs = {"crash_at_step": 1100, "fault_envs": (1,)}
+    pool = pools(FAKE, 2, env_kwargs=kwargs, on_error="restart", max_restarts=1)
+    pool.reset()
+    actions = np.zeros(2, np.int64)
+    for _ in range(3400):
+        pool.step(actions)
+    assert pool.num_restarts == 3
     kwargs = {"crash_at_step": 3, "fault_envs": (1,)}
     pool = pools(FAKE, 2, env_kwargs=kwargs, on_error="restart", max_restarts=1)
     pool.reset()
-    restarted = 0
-    for _ in range(18):
-        restarted += int(pool.step(np.zeros(2, np.int64)).truncated[1] and pool.last_restarted[1])
-    assert pool.num_restarts == restarted == 6
+    with pytest.raises(EnvStepError, match="env 1 raised in step") as info:
+        for _ in range(10):
+            pool.step(actions)
+    assert pool.num_restarts == 1
+    assert "gave up after 1 worker restarts within 1000 steps" in "".join(info.value.__notes__)
 
 
 @pytest.mark.timeout(30)

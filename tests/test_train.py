@@ -233,3 +233,35 @@ def test_a_checkpoint_that_cannot_be_written_is_a_warning_then_an_error_at_the_e
     rerun = dataclasses.replace(run, log=dataclasses.replace(run.log, run_dir=other_dir))
     result = train(rerun)
     assert result.status == "unsaved" and "No space left on device" in result.detail
+
+
+def test_checkpoints_from_before_the_update_guard_still_resume(tiny):
+    from flax import serialization
+
+    run = tiny("ppo-cartpole", iterations=2)
+    result = train(run)
+    latest = checkpoint.latest(result.run_dir)
+    state = serialization.msgpack_restore((latest / checkpoint.STATE_FILE).read_bytes())
+    meta = json.loads((latest / checkpoint.META_FILE).read_text())
+    opt = state["carry"]["algo_state"]["opt_state"]
+    # the layout before clip_or_skip: (clip_by_global_norm's empty state, adam's state)
+    state["carry"]["algo_state"]["opt_state"] = {"0": {}, "1": opt["inner"]}
+    checkpoint.save(result.run_dir, result.env_steps, state, meta)
+    total = str(3 * run.steps_per_iteration)
+    assert main(["train", "--resume", str(result.run_dir), "--train.total-steps", total]) == 0
+    assert checkpoint.latest(result.run_dir).name == f"step_{total}"
+
+
+def test_a_checkpoint_from_a_newer_format_is_refused_not_set_aside(tiny, capsys):
+    run = tiny("ppo-cartpole", iterations=2)
+    run = dataclasses.replace(
+        run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
+    )
+    result = train(run)
+    latest = checkpoint.latest(result.run_dir)
+    manifest = latest / checkpoint.MANIFEST_FILE
+    data = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**data, "format_version": 99}))
+    assert main(["train", "--resume", str(result.run_dir)]) == 2
+    assert "upgrade fleetrl" in capsys.readouterr().err
+    assert checkpoint.latest(result.run_dir) == latest  # not set aside, not skipped

@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from fleetrl.types import Array
@@ -66,3 +67,18 @@ def skip_metrics(before: SkipState, after: SkipState) -> dict[str, Array]:
         "train/skipped_updates": after.skipped - before.skipped,
         "train/nonfinite_streak": after.streak,
     }
+
+
+def upgrade_checkpoint(saved: Any, expected: Any) -> Any:
+    """A checkpoint's state dict from before `clip_or_skip` in today's layout: the optimizer
+    state was ``(clip_by_global_norm's empty state, adam's state)``; it becomes a `SkipState`
+    with no skipped updates. Anything else is returned as it is (for `checkpoint.load`)."""
+    if not isinstance(saved, dict) or not isinstance(expected, dict):
+        return saved
+    if set(expected) == {"inner", "streak", "skipped"} and set(saved) == {"0", "1"}:
+        if saved["0"] in ({}, None):
+            like = expected["streak"]  # an array or a ShapeDtypeStruct: [seeds] or a scalar
+            zeros = np.zeros(np.shape(like), getattr(like, "dtype", np.int32))
+            inner = upgrade_checkpoint(saved["1"], expected["inner"])
+            return {"inner": inner, "streak": zeros, "skipped": zeros.copy()}
+    return {k: upgrade_checkpoint(v, expected[k]) if k in expected else v for k, v in saved.items()}

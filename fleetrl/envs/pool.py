@@ -19,6 +19,7 @@ or the interpreter exits.
 
 from __future__ import annotations
 
+import collections
 import time
 import weakref
 from contextlib import contextmanager
@@ -38,6 +39,9 @@ from fleetrl.envs.errors import (
 )
 from fleetrl.envs.worker import RESET, STEP, EnvFactory, Layout
 from fleetrl.envs.workerset import WorkerSet, release
+
+RESTART_WINDOW = 1000
+"""Batched steps over which `EnvPool` counts restarts against ``max_restarts``."""
 
 
 class HostTimeStep(NamedTuple):
@@ -84,9 +88,10 @@ class EnvPool:
     (``seed``: the last one given to `reset` or the constructor). In the returned step those
     envs show ``truncated=True``, ``reward=0``, ``final_obs`` = their last good observation and
     the broken episode's totals; ``last_restarted`` marks them, so that a trainer can drop the
-    transition instead of bootstrapping through a fault. ``num_restarts`` counts restarts; after
-    ``max_restarts`` restarts in a row (no fault-free step between them, so an env that fails
-    for good) the last error is raised: occasional faults over a long run never exhaust it.
+    transition instead of bootstrapping through a fault. ``num_restarts`` counts restarts; once
+    ``max_restarts`` restarts fall within `RESTART_WINDOW` batched steps (an env that fails
+    for good, even if only every few steps), the next fault raises the last error: occasional
+    faults over a long run never exhaust it.
     ``step_timeout`` applies to worker processes only (an in-process env cannot be
     interrupted).
 
@@ -137,7 +142,7 @@ class EnvPool:
         self.num_steps = 0
         """Batched steps sent so far (the "pool step" named in errors)."""
         self.num_restarts = 0
-        self._restarts_in_a_row = 0
+        self._recent_restarts: collections.deque[int] = collections.deque()  # their steps
         self.last_clip_fraction = 0.0
         """Fraction of continuous action elements clipped to the Box in the last step."""
         self.last_restarted = np.zeros(num_envs, dtype=bool)
@@ -290,14 +295,18 @@ class EnvPool:
         expected = (self.spec.observation_space, self.spec.action_space)
         indices = self._workers.groups[slot]
         while True:
-            if self._restarts_in_a_row >= self.max_restarts:
+            recent = self._recent_restarts
+            while recent and recent[0] <= self.num_steps - RESTART_WINDOW:
+                recent.popleft()
+            if len(recent) >= self.max_restarts:
                 error.add_note(
-                    f"EnvPool gave up after {self._restarts_in_a_row} worker restarts in a row "
-                    f"(max_restarts={self.max_restarts}; {self.num_restarts} in all)"
+                    f"EnvPool gave up after {len(recent)} worker restarts within "
+                    f"{RESTART_WINDOW} steps (max_restarts={self.max_restarts}; "
+                    f"{self.num_restarts} in all)"
                 )
                 raise error
             self.num_restarts += 1
-            self._restarts_in_a_row += 1
+            recent.append(self.num_steps)
             try:
                 self._raise_first(self._workers.replace(slot), "startup")
                 spaces = self._workers.workers[slot].info["spaces"]
@@ -337,8 +346,6 @@ class EnvPool:
                 self._raise_first(list(faults.values()), phase)
             for slot, fault in sorted(faults.items()):
                 self._restart(slot, self._error(fault, phase))
-        elif stepped:
-            self._restarts_in_a_row = 0
         a = self._arrays
         timestep = HostTimeStep(
             a["obs"].copy(),
