@@ -14,6 +14,13 @@ from tests.conftest import with_log
 from tests.test_config import HOST_PRESETS, PRESETS
 
 
+def checkpointing(run):
+    """``run`` with a checkpoint after every iteration."""
+    return dataclasses.replace(
+        run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
+    )
+
+
 def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
@@ -168,9 +175,7 @@ def test_resume_refuses_changed_settings_naming_them(tiny, capsys):
 
 def test_resume_falls_back_past_a_damaged_checkpoint(tiny, capsys):
     run = tiny("ppo-cartpole", iterations=3)
-    run = dataclasses.replace(
-        run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
-    )
+    run = checkpointing(run)
     result = train(run)
     saved = checkpoint.committed(result.run_dir)
     assert [p.name for p in saved[:2]] == [
@@ -209,7 +214,7 @@ def test_a_checkpoint_that_cannot_be_written_is_a_warning_then_an_error_at_the_e
 ):
     run = tiny("ppo-cartpole", iterations=3)
     spi = run.steps_per_iteration
-    run = dataclasses.replace(run, train=dataclasses.replace(run.train, checkpoint_every=spi))
+    run = checkpointing(run)
     real, calls = checkpoint.save, []
 
     def disk_full_on(bad_calls):
@@ -254,9 +259,7 @@ def test_checkpoints_from_before_the_update_guard_still_resume(tiny):
 
 def test_a_checkpoint_from_a_newer_format_is_refused_not_set_aside(tiny, capsys):
     run = tiny("ppo-cartpole", iterations=2)
-    run = dataclasses.replace(
-        run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
-    )
+    run = checkpointing(run)
     result = train(run)
     latest = checkpoint.latest(result.run_dir)
     manifest = latest / checkpoint.MANIFEST_FILE
