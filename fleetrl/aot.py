@@ -38,8 +38,9 @@ def cache_folder() -> Path | None:
 
 
 @cache
-def _environment_digest() -> str:
-    """fleetrl's source, library versions, XLA flags and the device: what shapes a program."""
+def _source_digest() -> str:
+    """fleetrl's source, library versions, Python, XLA flags: what shapes a program, short of
+    the device (known before JAX's backend starts)."""
     from importlib import metadata
 
     digest = hashlib.sha256()
@@ -52,11 +53,45 @@ def _environment_digest() -> str:
             digest.update(f"{name}={metadata.version(name)}".encode())
         except metadata.PackageNotFoundError:
             digest.update(f"{name}=none".encode())
-    device = jax.devices()[0]
-    digest.update(f"{device.platform}/{device.device_kind}/{sys.version}".encode())
+    digest.update(sys.version.encode())
     digest.update(os.environ.get("XLA_FLAGS", "").encode())
+    digest.update(os.environ.get("JAX_PLATFORMS", "").encode())
     digest.update(str(jax.config.jax_enable_x64).encode())
     return digest.hexdigest()
+
+
+@cache
+def _environment_digest() -> str:
+    """`_source_digest` and the device."""
+    device = jax.devices()[0]
+    return hashlib.sha256(
+        f"{_source_digest()}/{device.platform}/{device.device_kind}".encode()
+    ).hexdigest()
+
+
+def _seen_marker(folder: Path, name: str, config_text: str) -> Path:
+    key = hashlib.sha256("\n".join((name, config_text, _source_digest())).encode()).hexdigest()
+    return folder / f"seen-{name}-{key[:32]}"
+
+
+def mark_compiled(name: str, config_text: str | None) -> None:
+    """Record that program ``name`` of this configuration is now in the compilation cache."""
+    folder = cache_folder()
+    if folder is None or config_text is None:
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        _seen_marker(folder, name, config_text).touch()
+    except OSError:  # a read-only cache costs speed, never the run
+        pass
+
+
+def was_compiled(name: str, config_text: str, cache_dir: str | None) -> bool:
+    """Whether an earlier run compiled program ``name`` of this configuration into the cache
+    folder ``cache_dir`` (JAX's); answered without starting JAX's backend."""
+    if not cache_dir:
+        return False
+    return _seen_marker(Path(cache_dir) / "programs", name, config_text).exists()
 
 
 def _signature(args: tuple) -> str:

@@ -158,7 +158,16 @@ def _one_xla_thread_pays(run) -> bool:
     from fleetrl.envs import resolve_backend
 
     if resolve_backend(run.env) == "gymnax":
-        return run.train.total_steps >= 2_000_000
+        # One thread compiles the train call ~2.5 s slower (XLA:CPU compiles on the pool it
+        # runs on) and runs it 15-35% faster: worth it for long runs, and for any run whose
+        # program an earlier run compiled into the cache (a repeated configuration, e.g. another
+        # seed), which compiles as fast either way (docs/BENCHMARKS.md, section 1).
+        from fleetrl import aot
+        from fleetrl.train import compilation_cache_dir, program_config
+
+        return run.train.total_steps >= 2_000_000 or aot.was_compiled(
+            "train", program_config(run), compilation_cache_dir()
+        )
     # Host envs stepped in this process run inside XLA's callback, where a second XLA thread
     # only competes with the env for the two cores: PPO at RL-Zoo's CartPole settings ran
     # faster with one (docs/BENCHMARKS.md, section 6); with worker processes, or a CNN whose

@@ -117,10 +117,11 @@ class TrainConfig:
     stop_at_return: float | None = None
     """Stop early once the evaluation return of every seed reaches this value."""
     xla_threads: Literal["auto", "one", "all"] = "auto"
-    """CPU threads XLA executes a single-seed run with (CLI only). one: tiny networks train ~15%
-    faster, but compilation takes ~1.5 s longer (it shares that pool); all: one per core; auto:
-    one for device-env runs of at least 2M steps and for MLP policies on host envs stepped
-    in-process (env.num_workers 0), where that pays off, else all."""
+    """CPU threads XLA executes a single-seed run with (CLI only). one: tiny networks train
+    15-35% faster, but a cold compilation takes ~2.5 s longer (it shares that pool); all: one
+    per core; auto: one for device-env runs of at least 2M steps or whose train program is
+    already in the compilation cache, and for MLP policies on host envs stepped in-process
+    (env.num_workers 0), where that pays off, else all."""
     call_timeout: float = 600.0
     """Seconds the first compiled call, or an evaluation, may take before the run is stopped
     as hung (0: never); later training calls may take 20x the slowest one before."""

@@ -60,17 +60,25 @@ class TrainResult:
     """Why a ``diverged`` run stopped, or why an ``unsaved`` one could not save."""
 
 
-def enable_compilation_cache() -> None:
-    """Turn on JAX's persistent compilation cache in a per-user folder.
+def compilation_cache_dir() -> str | None:
+    """The per-user folder of JAX's persistent compilation cache; None when turned off.
 
     ``FLEETRL_CACHE_DIR`` chooses the folder; ``FLEETRL_CACHE_DIR=off`` disables it.
     """
     folder = os.environ.get("FLEETRL_CACHE_DIR")
     if folder == "off":
-        return
+        return None
     if not folder:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         folder = os.path.join(base, "fleetrl", "jax")
+    return folder
+
+
+def enable_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache in `compilation_cache_dir`."""
+    folder = compilation_cache_dir()
+    if folder is None:
+        return
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
@@ -155,22 +163,39 @@ def compile_program(name: str, run: RunConfig, env, jitted, args: tuple, light: 
     programs call back into this process).
     """
     global _COMPILER
-    static = None
-    if not hasattr(env, "raise_if_failed"):
-        static = dump_yaml(
-            dataclasses.replace(
-                run,
-                train=dataclasses.replace(
-                    run.train, seed=0, eval_every=0, checkpoint_every=0, stop_at_return=None
-                ),
-                log=LogConfig(),
-            )
-        )
+    static = None if hasattr(env, "raise_if_failed") else program_config(run)
     lowered, wrap, out_shapes = aot.lower_cached(name, jitted, args, static)
     compile_fn = _compile_light if light else (lambda lowered: lowered.compile())
+
+    def compile_it():
+        compiled = wrap(compile_fn(lowered))
+        aot.mark_compiled(name, static)
+        return compiled
+
     if _COMPILER is None:
         _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetrl-compile")
-    return _COMPILER.submit(lambda: wrap(compile_fn(lowered))), out_shapes
+    return _COMPILER.submit(compile_it), out_shapes
+
+
+def program_config(run: RunConfig) -> str:
+    """What of ``run`` shapes its compiled programs (device envs), as YAML: seeds, evaluation
+    and checkpoint cadences, thread choices and logging left out."""
+    return dump_yaml(
+        dataclasses.replace(
+            run,
+            train=dataclasses.replace(
+                run.train,
+                seed=0,
+                eval_every=0,
+                checkpoint_every=0,
+                stop_at_return=None,
+                xla_threads="auto",
+                call_timeout=0.0,
+                stop_grace=0.0,
+            ),
+            log=LogConfig(),
+        )
+    )
 
 
 def make_init(algo, env):
