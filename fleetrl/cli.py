@@ -63,21 +63,19 @@ def cmd_train(argv: list[str]) -> int:
     from fleetrl.progress import print_summary
     from fleetrl.train import enable_compilation_cache, train
 
-    resume, allow_changes = None, False
+    resume = None
+    allow_changes = "--allow-config-changes" in argv  # a resume may change any setting
+    argv = [arg for arg in argv if arg != "--allow-config-changes"]
     if argv and argv[0] == "--resume":
         if len(argv) < 2:
             return _error("--resume needs a run directory")
         resume, overrides = argv[1], argv[2:]
-        allow_changes = "--allow-config-changes" in overrides
-        overrides = [arg for arg in overrides if arg != "--allow-config-changes"]
         config_path = Path(resume) / "config.yaml"
         if not config_path.is_file():
             return _error(f"--resume: {config_path} not found; is {resume} a run directory?")
         preset, prog = str(config_path), f"fleetrl train --resume {resume}"
     elif argv and not argv[0].startswith("-"):
         preset, overrides, prog = argv[0], argv[1:], f"fleetrl train {argv[0]}"
-        allow_changes = "--allow-config-changes" in overrides
-        overrides = [arg for arg in overrides if arg != "--allow-config-changes"]
         if "--resume" in overrides:  # `--resume auto`: continue the run in log.run_dir, if any
             at = overrides.index("--resume")
             if overrides[at + 1 : at + 2] != ["auto"]:

@@ -27,17 +27,13 @@ class CallWatchdog:
     def __init__(self, run_dir: Path, timeout: float):
         self.run_dir, self.timeout = run_dir, timeout
         self._done = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def start(self, timeout: float | None = None, what: str = "a compiled training call") -> None:
         if self.timeout <= 0:
             return
         self._done = threading.Event()  # a fresh event: a late watcher of the last call ends
         limit = timeout or self.timeout
-        self._thread = threading.Thread(
-            target=self._watch, args=(limit, what, self._done), daemon=True
-        )
-        self._thread.start()
+        threading.Thread(target=self._watch, args=(limit, what, self._done), daemon=True).start()
 
     def stop(self) -> None:
         self._done.set()
@@ -45,17 +41,26 @@ class CallWatchdog:
     def _watch(self, limit: float, what: str, done: threading.Event) -> None:
         if done.wait(limit):
             return
-        latest = checkpoint.latest(self.run_dir)
-        sys.stderr.write(
-            f"\nfleetrl: error: {what} has not returned after {limit:.0f} s "
-            "(train.call_timeout); the process is stopped instead of hanging. Either it takes "
-            "longer than that (slow envs or networks: lower train.log_every or raise "
-            "train.call_timeout), an env hangs, or XLA:CPU wedged, as it occasionally does with "
-            f"several vmapped seeds. Last committed checkpoint: {latest or 'none'}. Continue "
-            f"with: fleetrl train --resume {self.run_dir}\n"
+        exit_now(
+            3,
+            f"error: {what} has not returned after {limit:.0f} s (train.call_timeout); the "
+            "process is stopped instead of hanging. Either it takes longer than that (slow envs "
+            "or networks: lower train.log_every or raise train.call_timeout), an env hangs, or "
+            "XLA:CPU wedged, as it occasionally does with several vmapped seeds",
+            self.run_dir,
+            f" Continue with: fleetrl train --resume {self.run_dir}",
         )
-        sys.stderr.flush()
-        os._exit(3)
+
+
+def exit_now(code: int, message: str, run_dir: Path | None, advice: str = "") -> None:
+    """Print ``message`` with the last committed checkpoint, then end the process at once (from
+    any thread; a hung main thread cannot stop it)."""
+    latest = checkpoint.latest(run_dir) if run_dir else None
+    sys.stderr.write(
+        f"\nfleetrl: {message}. Last committed checkpoint: {latest or 'none'}.{advice}\n"
+    )
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class StopSignals:
@@ -139,13 +144,10 @@ class StopSignals:
             )
 
     def _exit(self, signum: int, why: str) -> None:
-        latest = checkpoint.latest(self._run_dir) if self._run_dir else None
-        sys.stderr.write(
-            f"\nfleetrl: stopping without a new checkpoint after {signal.Signals(signum).name}: "
-            f"{why}. Last committed checkpoint: {latest or 'none'}.\n"
+        name = signal.Signals(signum).name
+        exit_now(
+            128 + signum, f"stopping without a new checkpoint after {name}: {why}", self._run_dir
         )
-        sys.stderr.flush()
-        os._exit(128 + signum)
 
     def __exit__(self, *exc):
         self._finished.set()
