@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--xla-threads", choices=["one", "all"], default="one")
     args = parser.parse_args()
     if args.xla_threads == "one":
-        from fleetrl.cli import use_one_xla_thread
+        from fleetrl.xla_cpu import use_one_xla_thread
 
         use_one_xla_thread()
 

@@ -22,15 +22,15 @@ def main() -> None:
     parser.add_argument("--peer-python", default=DEFAULT_PEER_PYTHON)
     parser.add_argument("--skip-peer", action="store_true")
     args = parser.parse_args()
-    ours, one, warm, peer = [], [], [], []
+    ours, all_, warm, peer = [], [], [], []
     # a warm compilation cache: the configuration compiled once before, as for a second seed
     warm_cache = tempfile.mkdtemp(prefix="fleetrl-warm-cache-")
     run_fleetrl("ppo-cartpole", steady_args(args.steps, seed=99), warm_cache)
     for seed in range(args.seeds):
         ours.append(run_fleetrl("ppo-cartpole", steady_args(args.steps, seed=seed), cache_dir=None))
         warm.append(run_fleetrl("ppo-cartpole", steady_args(args.steps, seed=seed), warm_cache))
-        one_thread = [*steady_args(args.steps, seed=seed), "--train.xla-threads", "one"]
-        one.append(run_fleetrl("ppo-cartpole", one_thread, cache_dir=None))
+        all_threads = [*steady_args(args.steps, seed=seed), "--train.xla-threads", "all"]
+        all_.append(run_fleetrl("ppo-cartpole", all_threads, cache_dir=None))
         if not args.skip_peer:
             peer.append(
                 run_peer(
@@ -42,8 +42,8 @@ def main() -> None:
         print(
             f"seed {seed}: fleetrl {ours[-1]['steps_per_second']:,.0f} steps/s "
             f"(compile {ours[-1]['compile_time']:.2f} s, eval {ours[-1]['eval_returns']}); "
-            f"one XLA thread {one[-1]['steps_per_second']:,.0f} (compile "
-            f"{one[-1]['compile_time']:.2f} s); defaults, warm cache "
+            f"all XLA threads {all_[-1]['steps_per_second']:,.0f} (compile "
+            f"{all_[-1]['compile_time']:.2f} s); defaults, warm cache "
             f"{warm[-1]['steps_per_second']:,.0f} (compile {warm[-1]['compile_time']:.2f} s)"
             + (
                 f" | rejax {peer[-1]['sps']:,.0f} steps/s (compile {peer[-1]['compile_s']:.2f} s)"
@@ -54,8 +54,8 @@ def main() -> None:
         )
     our_sps = median([r["steps_per_second"] for r in ours])
     our_compile = median([r["compile_time"] for r in ours])
-    one_sps = median([r["steps_per_second"] for r in one])
-    one_compile = median([r["compile_time"] for r in one])
+    all_sps = median([r["steps_per_second"] for r in all_])
+    all_compile = median([r["compile_time"] for r in all_])
     print(
         f"\nfleetrl PPO CartPole, CleanRL settings: median {our_sps:,.0f} steps/s, "
         f"compile {our_compile:.2f} s ({args.seeds} seeds)"
@@ -63,11 +63,11 @@ def main() -> None:
     warm_sps = median([r["steps_per_second"] for r in warm])
     warm_compile = median([r["compile_time"] for r in warm])
     print(
-        f"  with --train.xla-threads one: median {one_sps:,.0f} steps/s, "
-        f"compile {one_compile:.2f} s"
+        f"  with --train.xla-threads all: median {all_sps:,.0f} steps/s, "
+        f"compile {all_compile:.2f} s"
     )
     print(
-        f"  defaults, warm compilation cache (auto picks one XLA thread): median "
+        f"  defaults, warm compilation cache: median "
         f"{warm_sps:,.0f} steps/s, compile {warm_compile:.2f} s"
     )
     if peer:
@@ -79,8 +79,8 @@ def main() -> None:
         )
         print(
             f"ratio fleetrl / rejax: steps/s {our_sps / peer_sps:.2f}x, "
-            f"compile time {our_compile / peer_compile:.2f}x; with one XLA thread: steps/s "
-            f"{one_sps / peer_sps:.2f}x, compile time {one_compile / peer_compile:.2f}x; "
+            f"compile time {our_compile / peer_compile:.2f}x; with all XLA threads: steps/s "
+            f"{all_sps / peer_sps:.2f}x, compile time {all_compile / peer_compile:.2f}x; "
             f"defaults with a warm cache: steps/s {warm_sps / peer_sps:.2f}x"
         )
 

@@ -69,31 +69,6 @@ def _environment_digest() -> str:
     ).hexdigest()
 
 
-def _seen_marker(folder: Path, name: str, config_text: str) -> Path:
-    key = hashlib.sha256("\n".join((name, config_text, _source_digest())).encode()).hexdigest()
-    return folder / f"seen-{name}-{key[:32]}"
-
-
-def mark_compiled(name: str, config_text: str | None) -> None:
-    """Record that program ``name`` of this configuration is now in the compilation cache."""
-    folder = cache_folder()
-    if folder is None or config_text is None:
-        return
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        _seen_marker(folder, name, config_text).touch()
-    except OSError:  # a read-only cache costs speed, never the run
-        pass
-
-
-def was_compiled(name: str, config_text: str, cache_dir: str | None) -> bool:
-    """Whether an earlier run compiled program ``name`` of this configuration into the cache
-    folder ``cache_dir`` (JAX's); answered without starting JAX's backend."""
-    if not cache_dir:
-        return False
-    return _seen_marker(Path(cache_dir) / "programs", name, config_text).exists()
-
-
 def _signature(args: tuple) -> str:
     leaves, tree = jax.tree.flatten(args)
     shapes = [(getattr(x, "shape", ()), str(getattr(x, "dtype", type(x)))) for x in leaves]

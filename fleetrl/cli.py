@@ -12,6 +12,7 @@ from pathlib import Path
 
 from fleetrl.checkpoint import CheckpointError
 from fleetrl.config import ConfigError
+from fleetrl.xla_cpu import use_one_xla_thread
 
 USAGE = """usage: fleetrl <command> ...
 
@@ -156,49 +157,16 @@ def _one_xla_thread_pays(run) -> bool:
     from fleetrl.envs import resolve_backend
 
     if resolve_backend(run.env) == "gymnax":
-        # One thread compiles the train call ~2.5 s slower (XLA:CPU compiles on the pool it
-        # runs on) and runs it 15-35% faster: worth it for long runs, and for any run whose
-        # program an earlier run compiled into the cache (a repeated configuration, e.g. another
-        # seed), which compiles as fast either way (docs/BENCHMARKS.md, section 1).
-        from fleetrl import aot
-        from fleetrl.train import compilation_cache_dir, program_config
-
-        return run.train.total_steps >= 2_000_000 or aot.was_compiled(
-            "train", program_config(run), compilation_cache_dir()
-        )
+        # One thread runs a single seed's tiny kernels 15-35% faster, and the programs still
+        # compile on a pool of one thread per core (fleetrl.xla_cpu; docs/BENCHMARKS.md,
+        # section 1). A CNN's convolutions use every core.
+        return getattr(run.algo, "network", "mlp") == "mlp"
     # Host envs stepped in this process run inside XLA's callback, where a second XLA thread
     # only competes with the env for the two cores: PPO at RL-Zoo's CartPole settings ran
     # faster with one (docs/BENCHMARKS.md, section 6); with worker processes, or a CNN whose
     # convolutions use every core, the default pool was as fast or faster (HalfCheetah: 9.3k and
     # 8.2k steps/s against 8.5k and 7.9k).
     return run.env.num_workers == 0 and getattr(run.algo, "network", "mlp") == "mlp"
-
-
-def use_one_xla_thread() -> None:
-    """Start JAX's CPU backend with a one-thread pool, then give the process its CPUs back.
-
-    Why: a single-seed run executes thousands of tiny XLA kernels per iteration, and with a
-    pool of one thread per core XLA:CPU hands them between threads; on our 2-core machine that
-    cost ~20%: PPO at CleanRL's settings ran an iteration in 3.04 ms (median 3.06) this way,
-    3.7 ms (median 4.2) with the default pool, and 3.08 ms with the whole process on one CPU,
-    which makes compilation slower still. XLA sizes its pool from the CPUs the process may use
-    when the backend starts, so only that moment is pinned; compilation uses the same pool and
-    takes ~1.5 s longer (see ``train.xla_threads``).
-    """
-    import os
-
-    if not hasattr(os, "sched_setaffinity"):
-        return
-    cpus = os.sched_getaffinity(0)
-    if len(cpus) < 2:
-        return
-    import jax
-
-    os.sched_setaffinity(0, {max(cpus)})
-    try:
-        jax.devices()  # creates the CPU client and its thread pool
-    finally:
-        os.sched_setaffinity(0, cpus)
 
 
 def _keep_run_dir(run, resume: str):

@@ -118,10 +118,9 @@ class TrainConfig:
     """Stop early once the evaluation return of every seed reaches this value."""
     xla_threads: Literal["auto", "one", "all"] = "auto"
     """CPU threads XLA executes a single-seed run with (CLI only). one: tiny networks train
-    15-35% faster, but a cold compilation takes ~2.5 s longer (it shares that pool); all: one
-    per core; auto: one for device-env runs of at least 2M steps or whose train program is
-    already in the compilation cache, and for MLP policies on host envs stepped in-process
-    (env.num_workers 0), where that pays off, else all."""
+    15-35% faster; device-env programs still compile on every core (fleetrl.xla_cpu), host-env
+    programs on the one thread; all: one per core; auto: one for MLP policies on device envs
+    and on host envs stepped in-process (env.num_workers 0), else all."""
     call_timeout: float = 600.0
     """Seconds the first compiled call, or an evaluation, may take before the run is stopped
     as hung (0: never); later training calls may take 20x the slowest one before."""

@@ -31,6 +31,7 @@ from fleetrl.logger import RunLogger
 from fleetrl.rollout import EnvCarry, reset, simulate
 from fleetrl.rundir import RunLock, new_run_dir, write_config_and_metadata
 from fleetrl.types import Array
+from fleetrl.xla_cpu import parallel_compile
 
 
 class Carry(NamedTuple):
@@ -168,9 +169,8 @@ def compile_program(name: str, run: RunConfig, env, jitted, args: tuple, light: 
     compile_fn = _compile_light if light else (lambda lowered: lowered.compile())
 
     def compile_it():
-        compiled = wrap(compile_fn(lowered))
-        aot.mark_compiled(name, static)
-        return compiled
+        with parallel_compile():
+            return wrap(compile_fn(lowered))
 
     if _COMPILER is None:
         _COMPILER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fleetrl-compile")

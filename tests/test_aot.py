@@ -37,21 +37,22 @@ def test_a_damaged_program_file_is_ignored_and_rewritten(tiny, tmp_path):
     assert all(p.read_bytes()[-7:] != b"garbage" for p in aot.cache_folder().glob("*.bin"))
 
 
-def test_a_compiled_configuration_is_remembered_before_the_backend_starts(tiny, tmp_path):
-    """`auto` picks one XLA thread for a configuration whose train program is cached (another
-    seed, another cadence): it compiles as fast then, and runs faster."""
+def test_auto_picks_one_xla_thread_for_small_networks():
+    """`auto` runs MLP policies on device envs and on in-process host envs with one XLA thread
+    (their programs still compile on every core, fleetrl.xla_cpu); the rest on one per core."""
     from fleetrl.cli import _one_xla_thread_pays
-    from fleetrl.train import compilation_cache_dir, program_config
+    from fleetrl.config import load_preset
 
-    run = tiny("ppo-cartpole", iterations=1)  # a learning rate no other test compiles
-    run = dataclasses.replace(run, algo=dataclasses.replace(run.algo, learning_rate=3.21e-4))
-    assert not aot.was_compiled("train", program_config(run), compilation_cache_dir())
-    assert not _one_xla_thread_pays(run)  # short, cold: all threads
-    train(run)
-    other_seed = dataclasses.replace(
-        run, train=dataclasses.replace(run.train, seed=7, eval_every=0, checkpoint_every=0)
-    )
-    assert aot.was_compiled("train", program_config(other_seed), compilation_cache_dir())
-    assert _one_xla_thread_pays(other_seed)
-    bigger = dataclasses.replace(run, algo=dataclasses.replace(run.algo, hidden_sizes=(32,)))
-    assert not _one_xla_thread_pays(bigger)
+    def with_(run, section, **fields):
+        return dataclasses.replace(
+            run, **{section: dataclasses.replace(getattr(run, section), **fields)}
+        )
+
+    assert _one_xla_thread_pays(load_preset("ppo-cartpole"))
+    assert _one_xla_thread_pays(load_preset("dqn-cartpole"))
+    gym = with_(load_preset("ppo-cartpole-gym"), "env", num_workers=0)
+    assert _one_xla_thread_pays(gym)
+    assert not _one_xla_thread_pays(with_(gym, "env", num_workers=2))
+    assert not _one_xla_thread_pays(load_preset("ppo-breakout"))
+    forced = with_(load_preset("ppo-cartpole"), "train", xla_threads="all")
+    assert not _one_xla_thread_pays(forced)

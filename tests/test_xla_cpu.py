@@ -1,0 +1,90 @@
+"""fleetrl.xla_cpu: programs compiled on a client with every core, run on a one-thread client.
+
+Each case runs in a fresh process, since the pools are fixed when JAX's CPU backend starts
+(and this test process is pinned to one CPU, see conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytestmark = pytest.mark.skipif(
+    not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2,
+    reason="needs two CPUs and sched_setaffinity",
+)
+
+CHILD = textwrap.dedent(
+    """
+    import json, os, sys
+    os.sched_setaffinity(0, range(os.cpu_count()))
+    mode, cache = sys.argv[1], sys.argv[2]
+    import jax, jax.numpy as jnp
+    from fleetrl import xla_cpu
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
+    hits = []
+    jax.monitoring.register_event_listener(
+        lambda name, **kw: hits.append(name) if name.endswith("cache_hits") else None
+    )
+    if mode == "one":
+        xla_cpu.use_one_xla_thread()
+
+    def step(w, x):
+        def body(h, _):
+            h = jnp.tanh(h @ w) + 0.1 * jnp.sin(h)
+            return h, h.sum()
+        return jax.lax.scan(body, x, None, length=7)
+
+    w = jnp.linspace(-1.0, 1.0, 64 * 64).reshape(64, 64) / 8
+    x = jnp.ones((16, 64))
+    with xla_cpu.parallel_compile():
+        compiled = jax.jit(step).lower(w, x).compile()
+    h, sums = compiled(w, x)
+    print(json.dumps({
+        "on_helper": xla_cpu.compiled_on_helper,
+        "cache_hits": len(hits),
+        "sums": [float(s) for s in sums],
+        "h": float(h.sum()),
+    }))
+    """
+)
+
+
+def child(mode: str, cache) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", CHILD, mode, str(cache)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_compiled_on_every_core_run_on_one_thread_and_cached_for_other_processes(tmp_path):
+    reference = child("all", tmp_path / "reference")
+    assert reference["on_helper"] == 0  # the default pool compiles on JAX's own client
+
+    first = child("one", tmp_path / "cache")
+    if first["on_helper"] == 0:
+        pytest.fail(
+            "fleetrl.xla_cpu did not compile on its helper client: a JAX internal it hooks "
+            "(jax._src.compiler.backend_compile_and_load) has moved; one-thread runs now "
+            "compile ~2x slower"
+        )
+    assert first["sums"] == reference["sums"] and first["h"] == reference["h"]
+
+    # the executable the helper compiled went into JAX's persistent cache whole: another
+    # process, with either pool, loads it from there and computes the same
+    for mode in ("one", "all"):
+        again = child(mode, tmp_path / "cache")
+        assert again["cache_hits"] >= 1 and again["on_helper"] == 0, mode
+        assert again["sums"] == reference["sums"] and again["h"] == reference["h"], mode
