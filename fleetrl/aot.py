@@ -75,6 +75,33 @@ def _signature(args: tuple) -> str:
     return f"{tree}|{shapes}"
 
 
+_loaded: dict[Path, tuple] = {}  # programs `out_shapes` read, for `lower_cached`
+
+
+def _program_path(name: str, args: tuple, config_text: str | None) -> Path | None:
+    folder = cache_folder()
+    if folder is None or config_text is None:
+        return None
+    key = hashlib.sha256(
+        "\n".join((name, config_text, _signature(args), _environment_digest())).encode()
+    ).hexdigest()
+    return folder / f"{name}-{key[:32]}.bin"
+
+
+def out_shapes(name: str, jitted, args: tuple, config_text: str | None):
+    """What ``jitted`` returns for ``args``, as ShapeDtypeStructs: read from the program on
+    disk when `lower_cached` stored one, else traced (`jax.eval_shape`), not lowered."""
+    path = _program_path(name, args, config_text)
+    loaded = _load(path) if path is not None else None
+    if loaded is None:
+        return jax.eval_shape(jitted, *args)
+    _loaded[path] = loaded
+    exported, out_tree = loaded
+    return jax.tree.unflatten(
+        out_tree, [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in exported.out_avals]
+    )
+
+
 def lower_cached(name: str, jitted, args: tuple, config_text: str | None):
     """``jitted`` lowered for ``args`` (arrays or ShapeDtypeStructs), from a program on disk
     when an identical one was stored before; ``config_text`` must hold everything static the
@@ -83,16 +110,12 @@ def lower_cached(name: str, jitted, args: tuple, config_text: str | None):
     Returns ``(lowered, wrap, out_shapes)``: compile ``lowered`` and call ``wrap(compiled)``
     with ``jitted``'s signature; ``out_shapes`` is the output as ShapeDtypeStructs.
     """
-    folder = cache_folder()
-    if folder is None or config_text is None:
+    path = _program_path(name, args, config_text)
+    if path is None:
         lowered = jitted.lower(*args)
         return lowered, lambda compiled: compiled, lowered.out_info
     leaves, in_tree = jax.tree.flatten(args)
-    key = hashlib.sha256(
-        "\n".join((name, config_text, _signature(args), _environment_digest())).encode()
-    ).hexdigest()
-    path = folder / f"{name}-{key[:32]}.bin"
-    loaded = _load(path)
+    loaded = _loaded.pop(path, None) or _load(path)
     if loaded is None:
         out_trees = []
 

@@ -70,6 +70,12 @@ def use_one_xla_thread() -> None:
         )
 
 
+def compiles_elsewhere() -> bool:
+    """Whether `parallel_compile` compiles on the helper client, leaving JAX's own client free
+    to compile something else at the same time."""
+    return _one_thread and _install_hook()
+
+
 @contextlib.contextmanager
 def parallel_compile():
     """Compile what this thread compiles inside on a CPU client with the default pool (only

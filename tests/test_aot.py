@@ -25,9 +25,12 @@ def test_a_repeated_run_loads_its_programs_and_matches(tiny, tmp_path, monkeypat
     np.testing.assert_array_equal(first.eval_returns, second.eval_returns)
 
 
-def test_a_damaged_program_file_is_ignored_and_rewritten(tiny, tmp_path):
+def test_a_damaged_program_file_is_ignored_and_rewritten(tiny, tmp_path, monkeypatch):
+    # a program folder of its own (JAX's cache stays where it is): every file in it is this run's
+    monkeypatch.setattr(aot, "cache_folder", lambda: tmp_path / "programs")
     run = tiny("ppo-cartpole")
     train(run)
+    assert any(aot.cache_folder().glob("*.bin"))
     for path in aot.cache_folder().glob("*.bin"):
         path.write_bytes(aot.FORMAT + b"\x05\x00\x00\x00\x00\x00\x00\x00garbage")
     again = dataclasses.replace(run, log=dataclasses.replace(run.log, run_dir=str(tmp_path / "b")))

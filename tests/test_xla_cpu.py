@@ -88,3 +88,34 @@ def test_compiled_on_every_core_run_on_one_thread_and_cached_for_other_processes
         again = child(mode, tmp_path / "cache")
         assert again["cache_hits"] >= 1 and again["on_helper"] == 0, mode
         assert again["sums"] == reference["sums"] and again["h"] == reference["h"], mode
+
+
+def cli_run(tmp_path, name: str, cache, *extra: str) -> list[dict]:
+    """A short CLI run of ppo-cartpole on every CPU; its metrics records without wall times."""
+    run_dir = tmp_path / name
+    args = ["--train.total-steps", "4096", "--train.log-every", "1024", "--train.eval-every"]
+    args += ["2048", "--train.eval-episodes", "2", "--train.checkpoint-every", "0"]
+    args += ["--log.run-dir", str(run_dir), "--log.progress", "False", *extra]
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetrl", "train", "ppo-cartpole", *args],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "FLEETRL_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"},
+        preexec_fn=lambda: os.sched_setaffinity(0, range(os.cpu_count())),
+    )
+    assert done.returncode == 0, done.stderr
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "charts/sps")} for r in records]
+
+
+def test_cli_runs_agree_across_thread_modes_and_cache_states(tmp_path):
+    """The default single-seed run (one XLA thread; the train call compiled on the helper, init
+    and evaluation beside it on JAX's client) gives the same numbers cold, warm (programs and
+    shapes read from disk), and with one XLA thread per core."""
+    cold = cli_run(tmp_path, "cold", tmp_path / "cache")
+    warm = cli_run(tmp_path, "warm", tmp_path / "cache")
+    every_core = cli_run(tmp_path, "all", tmp_path / "other", "--train.xla-threads", "all")
+    assert any("eval/episodic_return" in r for r in cold)
+    assert warm == cold
+    assert every_core == cold
