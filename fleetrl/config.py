@@ -115,7 +115,9 @@ class TrainConfig:
     checkpoint_every: int = 100_000
     """Env steps between checkpoints (0: only at the end)."""
     stop_at_return: float | None = None
-    """Stop early once the evaluation return of every seed reaches this value."""
+    """Stop early once the evaluation return of every seed reaches this value. With several
+    seeds, a seed that reaches it stops learning (its parameters stay as evaluated, and that
+    evaluation is its final return) while the others go on."""
     xla_threads: Literal["auto", "one", "all"] = "auto"
     """CPU threads XLA executes a single-seed run with (CLI only). one: tiny networks train
     15-35% faster; device-env programs still compile on every core (fleetrl.xla_cpu), host-env

@@ -220,28 +220,37 @@ def make_init(algo, env):
     return jax.jit(over_seeds(init))
 
 
-def make_train_call(algo, env, num_steps: int, iterations: int):
-    """``call(carry[S]) -> (carry[S], metrics[S, iterations])``, one compiled program."""
+def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool = False):
+    """``call(carry[S]) -> (carry[S], metrics[S, iterations])``, one compiled program.
 
-    def iteration(carry: Carry, _):
+    ``freezable`` (several seeds): ``call(carry[S], frozen[S])``; a frozen seed's envs and
+    policy still run, but its algorithm state (parameters, optimizer, statistics) stays as it
+    was: a seed that reached ``train.stop_at_return`` stops learning while the others go on.
+    """
+
+    def iteration(carry: Carry, frozen):
         key, learn_key = jax.random.split(carry.key)
         env_carry, rollout = simulate(algo.policy, env, carry.algo_state, carry.env, num_steps)
         algo_state, metrics = algo.learn(carry.algo_state, rollout, learn_key)
+        if freezable:
+            algo_state = jax.tree.map(
+                lambda old, new: jnp.where(frozen, old, new), carry.algo_state, algo_state
+            )
         done = rollout.done
         metrics["episodes/return_sum"] = jnp.sum(jnp.where(done, rollout.episode_return, 0.0))
         metrics["episodes/length_sum"] = jnp.sum(jnp.where(done, rollout.episode_length, 0))
         metrics["episodes/count"] = jnp.sum(done)
         return Carry(algo_state, env_carry, key), metrics
 
-    def call(carry: Carry):
+    def call(carry: Carry, frozen=None):
         if iterations == 1:
             # No loop at all: a CNN's backward pass is ~10x slower inside an XLA:CPU loop (see
             # fleetrl/algos/ppo/learner.py), and a one-trip scan still cost that here (one
             # ppo-breakout iteration: 130 s with it, 10.6 s without; BENCHMARKS section 10).
             # The CNN presets run one iteration per call.
-            carry, metrics = iteration(carry, None)
+            carry, metrics = iteration(carry, frozen)
             return carry, jax.tree.map(lambda x: jnp.asarray(x)[None], metrics)
-        return jax.lax.scan(iteration, carry, None, length=iterations)
+        return jax.lax.scan(lambda c, _: iteration(c, frozen), carry, None, length=iterations)
 
     # No donate_argnums: with jax 0.10.2 on CPU, a donating executable loaded from the persistent
     # compilation cache hung forever on its second use in the same process (vmapped seeds).
@@ -446,21 +455,24 @@ def _compile(run, env, eval_env, algo):
     """
     init = make_init(algo, env)
     keys = (seed_keys(run),)
-    train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call)
+    freezable = run.train.num_seeds > 1
+    train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call, freezable)
     evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, run.train.eval_max_steps or None)))
     eval_keys = _eval_keys(run, 0)
     aside = xla_cpu.compiles_elsewhere() and not hasattr(env, "raise_if_failed")
     if aside:
         static = program_config(run)
         carry = aot.out_shapes("init", init, keys, static)
-        train = compile_program("train", run, env, train_call, (carry,))[0]
+        train_args = (carry, np.zeros(run.train.num_seeds, bool)) if freezable else (carry,)
+        train = compile_program("train", run, env, train_call, train_args)[0]
         init = compile_program("init", run, env, init, keys, light=True, aside=True)[0]
     else:
         init, carry = compile_program("init", run, env, init, keys, light=True)
     args = (carry.algo_state, eval_keys)
     evaluate = compile_program("evaluate", run, eval_env, evaluate, args, True, aside)[0]
     if not aside:
-        train = compile_program("train", run, env, train_call, (carry,))[0]
+        train_args = (carry, np.zeros(run.train.num_seeds, bool)) if freezable else (carry,)
+        train = compile_program("train", run, env, train_call, train_args)[0]
     return init, train, evaluate
 
 
@@ -545,6 +557,25 @@ def _train_loop(
             save_errors.append(message)
         return True
 
+    # seeds that reached stop_at_return: the evaluation return that did it (they learn no more)
+    counters.setdefault("solved_returns", [None] * num_seeds)
+
+    def frozen_arg() -> tuple:
+        if num_seeds == 1:
+            return ()
+        return (np.array([r is not None for r in counters["solved_returns"]]),)
+
+    def note_solved(returns: np.ndarray) -> np.ndarray:
+        """Record the seeds this evaluation solved; the returns, with a solved seed's return
+        the one that solved it (its parameters have not changed since)."""
+        solved = counters["solved_returns"]
+        threshold = run.train.stop_at_return
+        for i, value in enumerate(np.asarray(returns, dtype=float).tolist()):
+            if solved[i] is None and threshold is not None and value >= threshold:
+                solved[i] = value
+        kept = [r if r is not None else v for r, v in zip(solved, returns, strict=True)]
+        return np.array(kept, np.float32)
+
     divergence: list[str] = []  # why the run diverged, if it did
     metrics: dict[str, np.ndarray] = {}  # of the last call
     save_errors: list[str] = []  # checkpoints that could not be written (training went on)
@@ -561,7 +592,7 @@ def _train_loop(
                 # later calls: 20x the slowest call so far, at least the configured timeout / 5
                 watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
                 try:
-                    carry, metrics = train_call(carry)
+                    carry, metrics = train_call(carry, *frozen_arg())
                     metrics = summarize(jax.device_get(metrics))
                 finally:
                     watchdog.stop()
@@ -581,6 +612,7 @@ def _train_loop(
                     break
                 if run.train.eval_every and steps >= counters["next_eval"]:
                     eval_returns, last_eval_step = run_eval(steps), steps
+                    eval_returns = note_solved(eval_returns)
                     while counters["next_eval"] <= steps:
                         counters["next_eval"] += run.train.eval_every
                 if record_video and steps >= counters["next_video"]:
@@ -589,11 +621,8 @@ def _train_loop(
                         counters["next_video"] += run.log.video_every
                 if progress:
                     progress.update(steps, metrics, eval_returns)
-                if (
-                    run.train.stop_at_return is not None
-                    and eval_returns is not None
-                    and last_eval_step == steps
-                    and np.all(eval_returns >= run.train.stop_at_return)
+                if run.train.stop_at_return is not None and all(
+                    r is not None for r in counters["solved_returns"]
                 ):
                     status = "threshold"
                     break
@@ -614,7 +643,7 @@ def _train_loop(
                     status = "stopped"
                     break
             if status == "completed" and last_eval_step != counters["env_steps"]:
-                eval_returns = run_eval(counters["env_steps"])
+                eval_returns = note_solved(run_eval(counters["env_steps"]))
             if status != "diverged" and _all_skipping(metrics):
                 status = "diverged"
                 divergence.append(

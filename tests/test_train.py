@@ -268,3 +268,31 @@ def test_a_checkpoint_from_a_newer_format_is_refused_not_set_aside(tiny, capsys)
     assert main(["train", "--resume", str(result.run_dir)]) == 2
     assert "upgrade fleetrl" in capsys.readouterr().err
     assert checkpoint.latest(result.run_dir) == latest  # not set aside, not skipped
+
+
+def test_a_frozen_seed_keeps_its_state_while_the_others_learn(tiny):
+    """With several seeds, a seed that reached train.stop_at_return is frozen: the train call
+    leaves its algorithm state as it was and updates the others."""
+    from fleetrl.train import build, make_init, make_train_call, seed_keys
+
+    run = tiny("ppo-cartpole", num_seeds=2)
+    env, _, algo = build(run)
+    carry = make_init(algo, env)(seed_keys(run))
+    call = make_train_call(algo, env, run.train.num_steps, 2, freezable=True)
+    after, _ = call(carry, np.array([True, False]))
+    before, later = jax.tree.leaves(carry.algo_state), jax.tree.leaves(after.algo_state)
+    pairs = list(zip(before, later, strict=True))
+    assert all(np.array_equal(a[0], b[0]) for a, b in pairs)
+    assert not all(np.array_equal(a[1], b[1]) for a, b in pairs)
+    assert not np.array_equal(carry.env.key[0], after.env.key[0])  # its envs still step
+
+
+def test_several_seeds_stop_once_each_has_reached_the_threshold(tiny):
+    """The run ends at the evaluation where the last seed reaches stop_at_return; the
+    checkpoint keeps each seed's solving return, for a resume to go on freezing it."""
+    run = tiny("ppo-cartpole", num_seeds=2, iterations=6, stop_at_return=-1.0)
+    result = train(run)
+    assert result.status == "threshold" and result.env_steps == run.steps_per_iteration
+    assert np.all(result.eval_returns > 0)
+    meta = json.loads((checkpoint.latest(result.run_dir) / "meta.json").read_text())
+    assert meta["counters"]["solved_returns"] == pytest.approx(result.eval_returns.tolist())
