@@ -30,7 +30,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from fleetrl import train
+    from fleetrl import programs, train
     from fleetrl.cli import parse_run_config
 
     for variant in args.variants:
@@ -39,9 +39,9 @@ def main() -> None:
             overrides += ["--algo.shared-torso", "False"]
         run = parse_run_config("ppo-breakout", overrides, "atari_iteration")
         env, eval_env, algo = train.build(run)
-        carry = train.make_init(algo, env)(train.seed_keys(run))
+        carry = programs.make_init(algo, env)(programs.seed_keys(run))
         iterations = 2 if variant == "looped" else 1
-        call = train.make_train_call(algo, env, run.train.num_steps, iterations)
+        call = programs.make_train_call(algo, env, run.train.num_steps, iterations)
         start = time.perf_counter()
         compiled = call.lower(carry).compile()
         compile_s = time.perf_counter() - start

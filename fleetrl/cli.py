@@ -61,8 +61,9 @@ def parse_run_config(preset: str, overrides: list[str], prog: str):
 def cmd_train(argv: list[str]) -> int:
     from rich.console import Console
 
+    from fleetrl.programs import enable_compilation_cache
     from fleetrl.progress import print_summary
-    from fleetrl.train import enable_compilation_cache, train
+    from fleetrl.train import train
 
     resume = None
     allow_changes = "--allow-config-changes" in argv  # a resume may change any setting
@@ -193,7 +194,7 @@ def cmd_eval(argv: list[str]) -> int:
     if args.episodes is not None and args.episodes < 1:
         return _error(f"--episodes: must be >= 1, got {args.episodes}")
     from fleetrl.evaluate import evaluate_run
-    from fleetrl.train import enable_compilation_cache
+    from fleetrl.programs import enable_compilation_cache
 
     enable_compilation_cache()
     returns, lengths = evaluate_run(args.run_dir, args.episodes, args.seed)
@@ -228,7 +229,7 @@ def cmd_visualize(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         return _error(f"--episodes: must be >= 1, got {args.episodes}")
-    from fleetrl.train import enable_compilation_cache
+    from fleetrl.programs import enable_compilation_cache
     from fleetrl.visualize import VideoError, visualize_run
 
     enable_compilation_cache()

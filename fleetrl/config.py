@@ -124,8 +124,9 @@ class TrainConfig:
     programs on the one thread; all: one per core; auto: one for MLP policies on device envs
     and on host envs stepped in-process (env.num_workers 0), else all."""
     call_timeout: float = 600.0
-    """Seconds the first compiled call, or an evaluation, may take before the run is stopped
-    as hung (0: never); later training calls may take 20x the slowest one before."""
+    """Seconds the compilation of the run's programs, the first compiled call, or an
+    evaluation may take before the run is stopped as hung (0: never); later training calls may
+    take 20x the slowest one before."""
     stop_grace: float = 120.0
     """After Ctrl+C or SIGTERM, seconds to wait for the current call to finish and the
     checkpoint to be written before exiting without it (0: wait as long as it takes)."""

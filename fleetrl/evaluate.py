@@ -62,16 +62,9 @@ def evaluate_run(run_dir, episodes: int | None = None, seed: int = 12345):
     from fleetrl import checkpoint
     from fleetrl.algos.guard import upgrade_checkpoint
     from fleetrl.config import ConfigError, load_preset
-    from fleetrl.train import (
-        build,
-        close_envs,
-        compile_light,
-        host_metrics,
-        make_init,
-        over_seeds,
-        raw_keys,
-        seed_keys,
-    )
+    from fleetrl.loop import host_metrics
+    from fleetrl.programs import compile_light, make_init, over_seeds, raw_keys, seed_keys
+    from fleetrl.train import build, close_envs
 
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():

@@ -263,7 +263,8 @@ def _load_run(run_dir: str | Path):
 
     from fleetrl import checkpoint
     from fleetrl.config import load_preset
-    from fleetrl.train import build, make_init, seed_keys
+    from fleetrl.programs import make_init, seed_keys
+    from fleetrl.train import build
 
     config_path = Path(run_dir) / "config.yaml"
     if not config_path.is_file():

@@ -27,13 +27,13 @@ import os
 import threading
 import warnings
 
-_state = threading.local()
+_state = threading.local()  # per compiling thread: active, serialized (id -> (exe, bytes))
 _lock = threading.Lock()
 _one_thread = False
+_broken = False  # the helper failed once: every later program compiles on JAX's client
 _helper = None
 _original = None
 _original_put = None
-_serialized: dict[int, tuple[object, bytes]] = {}  # id(executable) -> (it, the helper's bytes)
 compiled_on_helper = 0
 """Programs compiled on the helper client so far (for tests and benchmarks)."""
 
@@ -73,22 +73,31 @@ def use_one_xla_thread() -> None:
 def compiles_elsewhere() -> bool:
     """Whether `parallel_compile` compiles on the helper client, leaving JAX's own client free
     to compile something else at the same time."""
-    return _one_thread and _install_hook()
+    return _one_thread and not _broken and _install_hook()
 
 
 @contextlib.contextmanager
 def parallel_compile():
     """Compile what this thread compiles inside on a CPU client with the default pool (only
     after `use_one_xla_thread`; otherwise JAX's own client already has it)."""
-    if not _one_thread or not _install_hook():
+    if not compiles_elsewhere():
         yield
         return
+    was_active = getattr(_state, "active", False)
     _state.active = True
     try:
         yield
     finally:
-        _state.active = False
-        _serialized.clear()  # programs compile one at a time; their cache entries are written
+        _state.active = was_active
+        if not was_active:  # every program compiled inside has written its cache entry
+            _serialized().clear()
+
+
+def _serialized() -> dict[int, tuple[object, bytes]]:
+    """This thread's executables compiled on the helper: id -> (executable, helper's bytes)."""
+    if not hasattr(_state, "serialized"):
+        _state.serialized = {}
+    return _state.serialized
 
 
 def _install_hook() -> bool:
@@ -111,8 +120,10 @@ def _install_hook() -> bool:
 
 
 def _compile_and_load(backend, module, executable_devices, options, host_callbacks, *a, **kw):
+    global _broken, compiled_on_helper
     if (
         not getattr(_state, "active", False)
+        or _broken
         or host_callbacks
         or a
         or kw
@@ -132,15 +143,16 @@ def _compile_and_load(backend, module, executable_devices, options, host_callbac
         serialized = helper.serialize_executable(executable)
         del executable
         loaded = backend.deserialize_executable(serialized, executable_devices, options)
-        _serialized[id(loaded)] = (loaded, serialized)
-        global compiled_on_helper
-        compiled_on_helper += 1
+        _serialized()[id(loaded)] = (loaded, serialized)
+        with _lock:
+            compiled_on_helper += 1
         return loaded
     except Exception as error:  # noqa: BLE001 (any failure here means: compile as JAX would)
-        if not getattr(_compile_and_load, "warned", False):
-            _compile_and_load.warned = True
+        if not _broken:
+            _broken = True  # once: a real compile error then shows up from JAX's own compile
             warnings.warn(
-                f"fleetrl: compiling on JAX's one-thread CPU client instead ({error!r})",
+                f"fleetrl: the programs compile on JAX's one-thread CPU client from now on "
+                f"({error!r})",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -162,7 +174,7 @@ def _put_executable_and_time(cache_key, module_name, executable, *args, **kwargs
     without its machine code (5.4 kB against 8.1 kB for a small program), and another process
     that loads those bytes fails with "Function ... not found". The helper's own bytes load.
     """
-    made = _serialized.pop(id(executable), None)
+    made = _serialized().pop(id(executable), None)
     if made is not None and made[0] is executable:
         executable = _Serialized(made[1])
     return _original_put(cache_key, module_name, executable, *args, **kwargs)

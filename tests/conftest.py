@@ -70,7 +70,7 @@ def compilation_cache(tmp_path_factory):
     """One persistent JAX cache for the session: identical programs compile once."""
     import os
 
-    from fleetrl.train import enable_compilation_cache
+    from fleetrl.programs import enable_compilation_cache
 
     os.environ["FLEETRL_CACHE_DIR"] = str(tmp_path_factory.mktemp("jax-cache"))
     enable_compilation_cache()

@@ -11,7 +11,8 @@ import optax
 from fleetrl import checkpoint
 from fleetrl.algos.guard import clip_or_skip, skip_metrics
 from fleetrl.cli import main
-from fleetrl.train import DIVERGED_STREAK, _nonfinite_parameters, train
+from fleetrl.loop import DIVERGED_STREAK, nonfinite_parameters
+from fleetrl.train import train
 
 
 def test_clip_or_skip_clips_like_optax_and_skips_nonfinite_gradients():
@@ -48,11 +49,11 @@ def test_clip_or_skip_clips_like_optax_and_skips_nonfinite_gradients():
 
 def test_nonfinite_parameters_are_named():
     params = {"actor": {"w": np.array([1.0, np.nan])}, "critic": {"w": np.ones(2)}}
-    assert _nonfinite_parameters(params) == ["['actor']['w']"]
-    assert _nonfinite_parameters({"n": np.array([1, 2])}) == []
+    assert nonfinite_parameters(params) == ["['actor']['w']"]
+    assert nonfinite_parameters({"n": np.array([1, 2])}) == []
 
 
-def test_a_diverging_run_stops_and_never_checkpoints_nonfinite_parameters(tiny, capsys):
+def test_a_diverging_run_stops_and_never_checkpointsnonfinite_parameters(tiny, capsys):
     # lr 3e38: the first Adam step overflows the network and every later loss is NaN
     run = tiny("ppo-cartpole", iterations=12)
     run = dataclasses.replace(

@@ -273,7 +273,8 @@ def test_a_checkpoint_from_a_newer_format_is_refused_not_set_aside(tiny, capsys)
 def test_a_frozen_seed_keeps_its_state_while_the_others_learn(tiny):
     """With several seeds, a seed that reached train.stop_at_return is frozen: the train call
     leaves its algorithm state as it was and updates the others."""
-    from fleetrl.train import build, make_init, make_train_call, seed_keys
+    from fleetrl.programs import make_init, make_train_call, seed_keys
+    from fleetrl.train import build
 
     run = tiny("ppo-cartpole", num_seeds=2)
     env, _, algo = build(run)
@@ -281,18 +282,68 @@ def test_a_frozen_seed_keeps_its_state_while_the_others_learn(tiny):
     call = make_train_call(algo, env, run.train.num_steps, 2, freezable=True)
     after, _ = call(carry, np.array([True, False]))
     before, later = jax.tree.leaves(carry.algo_state), jax.tree.leaves(after.algo_state)
-    pairs = list(zip(before, later, strict=True))
-    assert all(np.array_equal(a[0], b[0]) for a, b in pairs)
-    assert not all(np.array_equal(a[1], b[1]) for a, b in pairs)
+    assert all(np.array_equal(a[0], b[0]) for a, b in zip(before, later, strict=True))
+    old, new = (jax.tree.leaves(c.algo_state.params) for c in (carry, after))
+    assert all(not np.array_equal(a[1], b[1]) for a, b in zip(old, new, strict=True))
     assert not np.array_equal(carry.env.key[0], after.env.key[0])  # its envs still step
 
 
-def test_several_seeds_stop_once_each_has_reached_the_threshold(tiny):
-    """The run ends at the evaluation where the last seed reaches stop_at_return; the
-    checkpoint keeps each seed's solving return, for a resume to go on freezing it."""
-    run = tiny("ppo-cartpole", num_seeds=2, iterations=6, stop_at_return=-1.0)
-    result = train(run)
-    assert result.status == "threshold" and result.env_steps == run.steps_per_iteration
-    assert np.all(result.eval_returns > 0)
-    meta = json.loads((checkpoint.latest(result.run_dir) / "meta.json").read_text())
-    assert meta["counters"]["solved_returns"] == pytest.approx(result.eval_returns.tolist())
+def test_solved_seeds_are_recorded_once_and_dropped_below_a_new_threshold():
+    from fleetrl.loop import note_solved, solved_returns
+
+    solved, reported = note_solved([None, None, None], np.array([30.0, 10.0, 20.0]), 20.0)
+    assert solved == [30.0, None, 20.0] and reported.tolist() == [30.0, 10.0, 20.0]
+    solved, reported = note_solved(solved, np.array([5.0, 25.0, 8.0]), 20.0)
+    assert solved == [30.0, 25.0, 20.0] and reported.tolist() == [30.0, 25.0, 20.0]
+    assert note_solved([None], np.array([99.0]), None)[0] == [None]  # no threshold
+    assert solved_returns([30.0, 25.0, None], 3, 26.0) == [30.0, None, None]  # raised
+    assert solved_returns([30.0, None], 2, None) == [None, None]  # removed: they learn again
+    assert solved_returns(None, 2, 26.0) == [None, None]  # a checkpoint from before
+
+
+def test_a_seed_that_reaches_the_threshold_stops_learning_across_a_resume(tiny, tmp_path):
+    """Seeds solve at different evaluations; the solved one's parameters stay as they were
+    when it solved, its reported return is that evaluation's, and a run stopped and resumed
+    in between ends bit for bit as the one that was not."""
+    from fleetrl.programs import make_init, seed_keys
+    from fleetrl.train import build
+
+    def two_seeds(threshold: float):
+        run = tiny("ppo-cartpole", num_seeds=2, iterations=4, stop_at_return=threshold)
+        return dataclasses.replace(
+            run, train=dataclasses.replace(run.train, checkpoint_every=run.steps_per_iteration)
+        )
+
+    spi = two_seeds(0.0).steps_per_iteration
+    probe = train(with_log(two_seeds(1e9), run_dir=str(tmp_path / "p")), stop_after_steps=spi)
+    low, high = sorted(probe.eval_returns.tolist())
+    assert low < high, "the two seeds' first evaluations must differ for this test"
+    first = int(np.argmax(probe.eval_returns))
+    straight = two_seeds((low + high) / 2)
+    a = train(with_log(straight, run_dir=str(tmp_path / "a")))
+    assert a.eval_returns[first] == pytest.approx(high)
+    env, _, algo = build(straight)
+    template = {"carry": make_init(algo, env)(seed_keys(straight))}
+    steps = sorted(int(p.name.split("_")[1]) for p in checkpoint.committed(a.run_dir))
+    states = [checkpoint.load(a.run_dir / "checkpoints" / f"step_{n}", template)[0] for n in steps]
+    solved_params = [jax.tree.leaves(st["carry"].algo_state.params) for st in states]
+    for later in solved_params[1:]:
+        assert all(
+            np.array_equal(x[first], y[first]) for x, y in zip(solved_params[0], later, strict=True)
+        )
+
+    halves = with_log(straight, run_dir=str(tmp_path / "b"))
+    stopped = train(halves, stop_after_steps=2 * spi)
+    b = train(halves, resume=stopped.run_dir)
+    assert b.status == a.status and b.env_steps == a.env_steps
+    np.testing.assert_array_equal(a.eval_returns, b.eval_returns)
+    assert final_state_bytes(a.run_dir) == final_state_bytes(b.run_dir)
+    again = train(halves, resume=b.run_dir)  # a resumed run that had stopped there: no training
+    assert again.env_steps == b.env_steps
+    np.testing.assert_array_equal(again.eval_returns, b.eval_returns)
+
+
+def test_several_seeds_without_a_threshold_train_without_the_frozen_mask(tiny):
+    run = tiny("dqn-cartpole", num_seeds=2)  # no stop_at_return: the train call takes no mask
+    assert run.train.stop_at_return is None
+    assert train(run).status == "completed"

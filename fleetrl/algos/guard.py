@@ -6,7 +6,7 @@ and checkpointing garbage. `clip_or_skip` clips by global norm, as ``optax.clip_
 does, and when that norm is NaN or Inf it feeds the inner optimizer a zero gradient and zeroes
 its update: the parameters do not move (Adam's moments decay one step, as for a zero
 gradient). The driver reads the counts and stops a run whose updates are all skipped
-(`fleetrl.train`).
+(`fleetrl.loop`).
 
 Written here rather than with ``optax.apply_if_finite``: that one branches with ``lax.cond``,
 which XLA:CPU runs as a sub-program inside every minibatch loop, keeps a second copy of the
