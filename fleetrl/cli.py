@@ -157,17 +157,14 @@ def _one_xla_thread_pays(run) -> bool:
         return run.train.xla_threads == "one"
     from fleetrl.envs import resolve_backend
 
-    if resolve_backend(run.env) == "gymnax":
-        # One thread runs a single seed's tiny kernels 15-35% faster, and the programs still
-        # compile on a pool of one thread per core (fleetrl.xla_cpu; docs/BENCHMARKS.md,
-        # section 1). A CNN's convolutions use every core.
-        return getattr(run.algo, "network", "mlp") == "mlp"
-    # Host envs stepped in this process run inside XLA's callback, where a second XLA thread
-    # only competes with the env for the two cores: PPO at RL-Zoo's CartPole settings ran
-    # faster with one (docs/BENCHMARKS.md, section 6); with worker processes, or a CNN whose
-    # convolutions use every core, the default pool was as fast or faster (HalfCheetah: 9.3k and
-    # 8.2k steps/s against 8.5k and 7.9k).
-    return run.env.num_workers == 0 and getattr(run.algo, "network", "mlp") == "mlp"
+    # One thread runs a single seed's tiny kernels 15-35% faster (docs/BENCHMARKS.md, section
+    # 1); a CNN's convolutions use every core. Device-env programs still compile on every core
+    # (fleetrl.xla_cpu). Host envs stepped in this process run inside XLA's callback, where a
+    # second XLA thread only competes with the env for the two cores (PPO at RL-Zoo's CartPole
+    # settings ran faster with one, section 6); with worker processes the default pool was as
+    # fast or faster (HalfCheetah: 9.3k and 8.2k steps/s against 8.5k and 7.9k).
+    mlp = getattr(run.algo, "network", "mlp") == "mlp"
+    return mlp and (resolve_backend(run.env) == "gymnax" or run.env.num_workers == 0)
 
 
 def _keep_run_dir(run, resume: str):

@@ -16,7 +16,7 @@ import numpy as np
 from fleetrl import checkpoint
 from fleetrl.config import RunConfig, dump_yaml
 from fleetrl.interrupts import CallWatchdog, StopSignals
-from fleetrl.programs import eval_keys, freezes_seeds
+from fleetrl.programs import eval_keys, frozen_arg
 
 
 @dataclass
@@ -109,7 +109,8 @@ class Loop:
         slowest = self.slowest
         self.watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
         try:
-            self.carry, metrics = self.train_call(self.carry, *frozen_arg(counters, run))
+            frozen = frozen_arg(run, counters["solved_returns"])
+            self.carry, metrics = self.train_call(self.carry, *frozen)
             metrics = summarize(jax.device_get(metrics))
         finally:
             self.watchdog.stop()
@@ -312,13 +313,6 @@ def note_solved(
 
 def all_solved(counters: dict, threshold: float | None) -> bool:
     return threshold is not None and all(r is not None for r in counters["solved_returns"])
-
-
-def frozen_arg(counters: dict, run: RunConfig) -> tuple:
-    """The train call's extra argument, if it takes one: which seeds are frozen."""
-    if not freezes_seeds(run):
-        return ()
-    return (np.array([r is not None for r in counters["solved_returns"]]),)
 
 
 def nonfinite_parameters(algo_state) -> list[str]:

@@ -167,6 +167,14 @@ def freezes_seeds(run: RunConfig) -> bool:
     return run.train.num_seeds > 1 and run.train.stop_at_return is not None
 
 
+def frozen_arg(run: RunConfig, solved: list) -> tuple:
+    """The train call's arguments after the carry: ``(frozen[S],)`` from the per-seed solved
+    records (None: not solved), or none when the call takes no mask (`freezes_seeds`)."""
+    if not freezes_seeds(run):
+        return ()
+    return (np.array([r is not None for r in solved]),)
+
+
 def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool = False):
     """``call(carry[S]) -> (carry[S], metrics[S, iterations])``, one compiled program.
 
@@ -233,16 +241,17 @@ def compile_run(run, env, eval_env, algo):
     """
     init = make_init(algo, env)
     keys = (seed_keys(run),)
-    freezable = freezes_seeds(run)
-    train_call = make_train_call(algo, env, run.train.num_steps, run.iterations_per_call, freezable)
+    frozen = frozen_arg(run, [None] * run.train.num_seeds)
+    train_call = make_train_call(
+        algo, env, run.train.num_steps, run.iterations_per_call, freezable=bool(frozen)
+    )
     evaluate = jax.jit(over_seeds(make_evaluate(algo, eval_env, run.train.eval_max_steps or None)))
     keys_0 = eval_keys(run, 0)
     aside = xla_cpu.compiles_elsewhere() and not hasattr(env, "raise_if_failed")
     if aside:
         static = program_config(run)
         carry = aot.out_shapes("init", init, keys, static)
-        train_args = (carry, np.zeros(run.train.num_seeds, bool)) if freezable else (carry,)
-        train = compile_program("train", run, env, train_call, train_args)[0]
+        train = compile_program("train", run, env, train_call, (carry, *frozen))[0]
         init = compile_program("init", run, env, init, keys, light=True, aside=True)[0]
     else:
         init, carry = compile_program("init", run, env, init, keys, light=True)
@@ -251,8 +260,7 @@ def compile_run(run, env, eval_env, algo):
         0
     ]
     if not aside:
-        train_args = (carry, np.zeros(run.train.num_seeds, bool)) if freezable else (carry,)
-        train = compile_program("train", run, env, train_call, train_args)[0]
+        train = compile_program("train", run, env, train_call, (carry, *frozen))[0]
     return init, train, evaluate
 
 

@@ -132,14 +132,8 @@ def _compile_and_load(backend, module, executable_devices, options, host_callbac
     ):
         return _original(backend, module, executable_devices, options, host_callbacks, *a, **kw)
     try:
-        from jaxlib import xla_client
-
         helper = _helper_client()
-        executable = helper.compile_and_load(
-            module,
-            executable_devices=xla_client.DeviceList(tuple(helper.devices()[:1])),
-            compile_options=options,
-        )
+        executable = _compile_on(helper, module, options)
         serialized = helper.serialize_executable(executable)
         del executable
         loaded = backend.deserialize_executable(serialized, executable_devices, options)
@@ -203,11 +197,14 @@ def _warm_up(helper) -> None:
     """
     import jax
     from jax._src import compiler
-    from jaxlib import xla_client
 
     module = jax.jit(lambda x: x + 1).lower(1.0).compiler_ir("stablehlo")
-    helper.compile_and_load(
-        module,
-        executable_devices=xla_client.DeviceList(tuple(helper.devices()[:1])),
-        compile_options=compiler.get_compile_options(num_replicas=1, num_partitions=1),
-    )
+    _compile_on(helper, module, compiler.get_compile_options(num_replicas=1, num_partitions=1))
+
+
+def _compile_on(helper, module, options):
+    """``module`` compiled and loaded on ``helper``'s first CPU device."""
+    from jaxlib import xla_client
+
+    devices = xla_client.DeviceList(tuple(helper.devices()[:1]))
+    return helper.compile_and_load(module, executable_devices=devices, compile_options=options)

@@ -14,13 +14,15 @@ import textwrap
 
 import pytest
 
+WIDEN = "import os, sys; os.sched_setaffinity(0, range(os.cpu_count())); "
+"""Python run first in each child: every CPU (this process is pinned to one, conftest.py)."""
+
 
 def usable_cpus() -> int:
     """CPUs a child may use once it widens its affinity (this process is pinned to one)."""
     if not hasattr(os, "sched_setaffinity"):
         return 0
-    script = "import os; os.sched_setaffinity(0, range(os.cpu_count())); "
-    script += "print(len(os.sched_getaffinity(0)))"
+    script = WIDEN + "print(len(os.sched_getaffinity(0)))"
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     return int(done.stdout or 0)
 
@@ -29,8 +31,7 @@ pytestmark = pytest.mark.skipif(usable_cpus() < 2, reason="needs two usable CPUs
 
 CHILD = textwrap.dedent(
     """
-    import json, os, sys
-    os.sched_setaffinity(0, range(os.cpu_count()))
+    import json
     mode, cache = sys.argv[1], sys.argv[2]
     import jax, jax.numpy as jnp
     from fleetrl import xla_cpu
@@ -67,7 +68,7 @@ CHILD = textwrap.dedent(
 
 def child(mode: str, cache) -> dict:
     done = subprocess.run(
-        [sys.executable, "-c", CHILD, mode, str(cache)],
+        [sys.executable, "-c", WIDEN + CHILD, mode, str(cache)],
         capture_output=True,
         text=True,
         timeout=120,
@@ -104,8 +105,7 @@ def cli_run(tmp_path, name: str, cache, *extra: str) -> list[dict]:
     args = ["--train.total-steps", "4096", "--train.log-every", "1024", "--train.eval-every"]
     args += ["2048", "--train.eval-episodes", "2", "--train.checkpoint-every", "0"]
     args += ["--log.run-dir", str(run_dir), "--log.progress", "False", *extra]
-    script = "import os, sys; os.sched_setaffinity(0, range(os.cpu_count())); "
-    script += "from fleetrl.cli import main; sys.exit(main(sys.argv[1:]))"
+    script = WIDEN + "from fleetrl.cli import main; sys.exit(main(sys.argv[1:]))"
     done = subprocess.run(
         [sys.executable, "-c", script, "train", "ppo-cartpole", *args],
         capture_output=True,
