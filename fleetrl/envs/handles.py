@@ -13,11 +13,16 @@ user space). Spinning on both sides for a fixed 20-200 us made every 2-worker ca
 What helped instead: a worker busy-waits after answering only while the parent's next command
 keeps arriving within ``spin_us`` (pool throughput, 16 CartPole envs, 2 workers, 11 alternating
 runs: 56k steps/s without, 61k / 88k / 74k with 100 / 300 / 600 us), and a parent that steps
-envs itself busy-waits for the workers, since its core is free then.
+envs itself busy-waits for the workers, since its core is free then. Both spins call
+``sched_yield`` between polls, so that a process woken on a spinner's core (the parent, with
+two workers on two cores) runs at once instead of waiting for the spinner's time slice: on the
+100 us env, 2 workers went from 71-79% to 79-87% of the measured two-core limit (6 alternating
+invocations each, docs/BENCHMARKS.md section 9); CartPole showed no difference beyond noise.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from multiprocessing import connection
 from typing import Any
@@ -128,6 +133,7 @@ class ProcessWorker:
             while time.perf_counter() < end:
                 if self.done_sem.acquire(False):
                     return self._answer(status)
+                os.sched_yield()  # see worker._acquire
         if self.done_sem.acquire(True, timeout):
             return self._answer(status)
         if self.process.exitcode is not None:

@@ -394,6 +394,8 @@ def _acquire(acquire, spin_seconds: float) -> bool:
         while time.perf_counter() < end:
             if acquire(False):
                 return True
+            # let a process woken on this core (the parent) run now, not at our slice's end
+            os.sched_yield()
     return acquire(True, 1.0)
 
 
