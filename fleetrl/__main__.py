@@ -1,5 +1,9 @@
 import sys
 
-from fleetrl.cli import main
+try:
+    from fleetrl.cli import run
+except KeyboardInterrupt:  # Ctrl+C while Python imports fleetrl: a line, not a traceback
+    print("fleetrl: interrupted", file=sys.stderr)
+    sys.exit(130)
 
-sys.exit(main())
+run()

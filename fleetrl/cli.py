@@ -7,10 +7,12 @@ writing a checkpoint.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
-from fleetrl.checkpoint import CheckpointError
 from fleetrl.config import ConfigError
 from fleetrl.xla_cpu import use_one_xla_thread
 
@@ -28,8 +30,9 @@ commands:
                                              cadences and log.* may change unless allowed
   presets                                    list the presets, one line each
   eval RUN_DIR [--episodes N]                evaluate a run's last checkpoint
-  plot RUN_DIR... --out curves.png [--metric NAME]
+  plot RUN_DIR... --out curves.png [--metric NAME] [--no-group]
                                              learning curves, mean and 95% band over seeds
+                                             (run dirs differing only in seed pooled)
   visualize RUN_DIR --outdir DIR [--episodes N] [--seed S]
                                              MP4 of each episode of the last checkpoint
 """
@@ -206,13 +209,30 @@ def cmd_eval(argv: list[str]) -> int:
 def cmd_plot(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fleetrl plot")
     parser.add_argument("run_dirs", nargs="+")
-    parser.add_argument("--out", default="curves.png")
+    parser.add_argument("--out", default="curves.png", help="image; its suffix sets the format")
     parser.add_argument("--metric", default="eval/episodic_return")
     parser.add_argument("--title", default=None)
+    parser.add_argument(
+        "--no-group",
+        action="store_true",
+        help="one curve per run dir (default: pool the seeds of run dirs of one configuration)",
+    )
     args = parser.parse_args(argv)
-    from fleetrl.plot import plot_runs
+    import warnings
 
-    out = plot_runs(args.run_dirs, args.out, metric=args.metric, title=args.title)
+    from fleetrl.plot import PlotError, draw, load_curves
+
+    try:
+        with warnings.catch_warnings(record=True) as caught:  # a cut-off last line: a note
+            warnings.simplefilter("always", UserWarning)
+            curves = load_curves(args.run_dirs, args.metric, group=not args.no_group)
+        out = draw(curves, args.out, args.metric, args.title)
+    except PlotError as error:
+        return _error(str(error))
+    for warning in caught:
+        print(f"fleetrl: warning: {warning.message}", file=sys.stderr)
+    for curve in curves:
+        print(curve.summary())
     print(f"wrote {out}")
     return 0
 
@@ -262,6 +282,16 @@ def main(argv: list[str] | None = None) -> int:
         hint = f" Did you mean {close[0]!r}?" if close else ""
         return _error(f"unknown command {argv[0]!r}.{hint}\n{USAGE}")
     try:
+        return _dispatch(argv)
+    except KeyboardInterrupt:  # called from Python (the program exits in `_exit_on_ctrl_c`)
+        print(f"fleetrl: interrupted during `{argv[0]}`", file=sys.stderr)
+        return 130
+
+
+def _dispatch(argv: list[str]) -> int:
+    from fleetrl.checkpoint import CheckpointError  # flax: imported after `run` set SIGINT
+
+    try:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigError as error:
         return _error(str(error))
@@ -275,13 +305,51 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetrl: error: {error}", file=sys.stderr)
         return 1
     except Exception as error:
-        from fleetrl.envs.errors import EnvPoolError
+        from fleetrl.envs.errors import EnvPoolError, UnsupportedEnvError
 
         if not isinstance(error, EnvPoolError):
             raise
-        _error(str(error))  # an env failed: not a usage error
-        return 1
+        _error(str(error))
+        # an env that fails is not a usage error; one the pool cannot run at all (old gym API,
+        # spaces it does not support) is: no rerun helps
+        return 2 if isinstance(error, UnsupportedEnvError) else 1
+
+
+def _exit_on_ctrl_c(signum, frame) -> None:
+    """SIGINT outside the training loop, which installs its own handler to checkpoint first
+    (fleetrl.interrupts.StopSignals): say so in a line and exit at once.
+
+    Why not Python's KeyboardInterrupt: raised at an arbitrary bytecode, it was lost in 3 of 5
+    Ctrl+C during startup (Python drops an exception raised inside a garbage-collector callback,
+    and JAX runs one at every collection), and raised inside Python code that C++ called it
+    aborted the process (nanobind's ``std::terminate``); and an XLA compilation on a helper
+    thread cannot be cancelled, so Python would wait for it at exit. Nothing is lost: committed
+    checkpoints and the run directory's files are written atomically, the ``flock`` goes with
+    the process, and host-env worker pools are released here (should that not finish,
+    workers exit with their parent through ``PR_SET_PDEATHSIG`` and multiprocessing's resource
+    tracker unlinks the shared memory).
+    """
+    try:  # the main thread may be inside a write to these very streams
+        sys.stdout.flush()
+        print("\nfleetrl: interrupted; exiting without a new checkpoint", file=sys.stderr)
+        sys.stderr.flush()
+    except (RuntimeError, OSError):
+        pass
+    pool = sys.modules.get("fleetrl.envs.pool")
+    if pool is not None:  # stop the workers and free the shared memory ourselves, on a thread:
+        # the interrupted code may hold a lock the release needs, so give it up to 3 s
+        release = threading.Thread(target=pool.release_all, daemon=True)
+        release.start()
+        release.join(3.0)
+    os._exit(130)
+
+
+def run() -> None:
+    """The ``fleetrl`` program (console script and ``python -m fleetrl``)."""
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where ignored
+        signal.signal(signal.SIGINT, _exit_on_ctrl_c)
+    sys.exit(main())
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -43,9 +43,10 @@ class EnvConfig:
 
     id: str = "CartPole-v1"
     """Environment id: a gymnax id, a registered gymnasium id, or ``module.path:ClassName``."""
-    backend: Literal["auto", "gymnax", "gymnasium"] = "gymnax"
+    backend: Literal["auto", "gymnax", "gymnasium"] = "auto"
     """Where the env runs: gymnax (pure JAX, inside the compiled program), gymnasium (on the
-    host, in a worker pool), or auto (gymnax when it has the id, gymnasium otherwise)."""
+    host, in a worker pool), or auto (gymnax when it has the id, gymnasium otherwise: a device
+    preset given a gymnasium id trains on the host)."""
     num_envs: int = 4
     """Number of envs stepped as one batch (per seed)."""
     num_workers: int = 0

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,35 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _records_until(path: Path, step: int) -> list[str]:
+    """The lines of ``path`` whose record is at or before ``step``. A line that is not JSON
+    is dropped with a warning: the last one is a record cut off when the process was killed;
+    elsewhere the file is damaged, and a copy of it is kept beside it first."""
+    lines = path.read_text().splitlines()
+    kept, bad = [], []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(number)
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line)
+    if bad == [len(lines)]:
+        print(f"fleetrl: warning: {path}:{bad[0]}: dropping a cut-off record", file=sys.stderr)
+    elif bad:
+        copy = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copyfile(path, copy)
+        print(
+            f"fleetrl: warning: {path}: lines {bad} are not JSON records; dropped (the file "
+            f"as it was: {copy.name})",
+            file=sys.stderr,
+        )
+    return kept
+
+
 class RunLogger:
     """Appends records to ``metrics.jsonl`` and mirrors them to TensorBoard.
 
@@ -58,11 +89,7 @@ class RunLogger:
     ):
         self.path = Path(run_dir) / "metrics.jsonl"
         if resume_step is not None and self.path.exists():
-            kept = [
-                line
-                for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step
-            ]
+            kept = _records_until(self.path, resume_step)
             tmp = self.path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             os.replace(tmp, self.path)

@@ -76,6 +76,9 @@ def resume_changes(saved: RunConfig, run: RunConfig) -> list[str]:
 
     def flat(config: RunConfig) -> dict[str, Any]:
         data = to_dict(config)
+        # where the env runs, not how it was asked for: runs saved when gymnax was the default
+        # say "gymnax" where a preset now gives "auto"
+        data["env"]["backend"] = envs.resolve_backend(config.env)
         return {
             f"{section}.{key}": value
             for section in ("env", "train", "algo", "log")

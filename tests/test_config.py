@@ -68,6 +68,42 @@ def test_action_space_the_algorithm_cannot_handle(capsys, tmp_path):
     assert not any(tmp_path.iterdir())  # refused before a run directory was made
 
 
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (["--env.id", "LunarLander-v3", "--env.backend", "gymnax"], "add --env.backend gymnas"),
+        (["--env.id", "CartPol-v1"], "Did you mean CartPole-v1"),
+        (["--env.id", "LunarLandr-v3", "--env.backend", "auto"], "Did you mean LunarLander-v3"),
+        (["--env.id", "LunarLandr-v3", "--env.backend", "gymnasium"], "Did you mean LunarLander"),
+    ],
+)
+def test_env_id_the_backend_lacks_is_a_one_line_usage_error(capsys, tmp_path, args, says):
+    assert main(["train", "ppo-cartpole", *args, "--log.root", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fleetrl: error: env.id: ") and says in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())  # refused before a run directory was made
+
+
+def test_a_device_preset_given_a_gymnasium_id_runs_it_on_the_host():
+    """The user changes the env id, nothing else (env.backend defaults to auto)."""
+    from fleetrl import envs
+    from fleetrl.cli import parse_run_config
+
+    run = parse_run_config("ppo-cartpole", ["--env.id", "LunarLander-v3"], "fleetrl train")
+    assert envs.resolve_backend(run.env) == "gymnasium"
+    assert envs.resolve_backend(load_preset("ppo-cartpole").env) == "gymnax"
+
+
+def test_env_the_pool_cannot_run_is_a_one_line_error(capsys, tmp_path):
+    args = ["--env.backend", "gymnasium", "--env.id", "Blackjack-v1", "--log.root", str(tmp_path)]
+    assert main(["train", "ppo-cartpole", *args]) == 2  # a usage error: rerunning cannot help
+    err = capsys.readouterr().err
+    assert "observation space Tuple" in err and "FlattenObservation" in err
+    assert len(err.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_unknown_preset_and_command(capsys):
     assert main(["train", "ppo-cartpol"]) == 2
     assert "ppo-cartpole" in capsys.readouterr().err

@@ -5,6 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fleetrl import envs
+from fleetrl.config import ConfigError
 from fleetrl.envs.device import GymnaxEnv
 
 
@@ -73,5 +75,48 @@ def test_specs():
 
 
 def test_unknown_gymnax_id_names_it():
-    with pytest.raises(ValueError, match="env.id: unknown gymnax environment 'CartPol-v1'"):
+    with pytest.raises(
+        ConfigError, match="env.id: unknown gymnax environment 'CartPol-v1'.*backend gymnasium"
+    ):
         GymnaxEnv("CartPol-v1", 1)
+
+
+@pytest.mark.parametrize(
+    "env_id, backend, match",
+    [
+        ("LunarLander-v3", "gymnax", "gymnasium env, but env.backend is gymnax: add --env.backe"),
+        ("SpaceInvaders-MinAtar", "gymnasium", "gymnax env, but .* add --env.backend gymnax"),
+        ("CartPol-v1", "gymnax", "neither gymnax nor gymnasium has it. Did you mean CartPole-v1"),
+        ("LunarLandr-v3", "auto", "neither .* Did you mean LunarLander-v3"),
+        ("Asterix-MinAtr", "auto", "Did you mean Asterix-MinAtar"),  # a gymnax-only id
+    ],
+)
+def test_env_id_the_backend_lacks_says_which_backend_has_it_or_what_is_close(
+    env_id, backend, match
+):
+    with pytest.raises(ConfigError, match=f"env.id: .*{match}"):
+        envs.check_env_id(env_id, backend)
+
+
+@pytest.mark.parametrize(
+    "env_id, backend",
+    [
+        ("CartPole-v1", "gymnax"),
+        ("CartPole-v1", "gymnasium"),
+        ("LunarLander-v3", "auto"),
+        ("SpaceInvaders-MinAtar", "auto"),
+        ("fleetrl.envs.fake:FaultyEnv", "gymnasium"),
+        ("PongNoFrameskip-v4", "auto"),  # registered by ale-py's import
+    ],
+)
+def test_env_id_the_backend_has_passes(env_id, backend):
+    envs.check_env_id(env_id, backend)
+
+
+def test_atari_ids_build_without_the_atari_preprocessing():
+    pytest.importorskip("ale_py")
+    from fleetrl.envs.worker import EnvFactory
+
+    env = EnvFactory("ALE/Pong-v5")(0)  # in a fresh worker, ale-py is not imported yet
+    assert env.observation_space.shape == (210, 160, 3)
+    env.close()

@@ -45,6 +45,19 @@ def test_host_env_trains_through_the_same_driver(tiny, num_workers, parent_steps
 
 
 @pytest.mark.timeout(120)
+def test_continuous_actions_out_of_range_are_clipped_and_the_fraction_logged(tiny):
+    """Pendulum's actions are in [-2, 2]; a Gaussian policy samples outside it sometimes."""
+    run = host_run(tiny, "Pendulum-v1")
+    run = dataclasses.replace(run, algo=dataclasses.replace(run.algo, init_log_std=1.0))
+    result = train(run)
+    fractions = [r["train/action_clip_fraction"] for r in records(result.run_dir) if
+                 "train/action_clip_fraction" in r]  # fmt: skip
+    assert fractions and all(0.0 <= f <= 1.0 for f in fractions)
+    assert max(fractions) > 0.0  # std e^1 around 0: about 45% of the samples fall outside
+    assert_no_children()
+
+
+@pytest.mark.timeout(120)
 def test_env_error_in_a_worker_is_raised_with_index_and_traceback(tiny):
     run = host_run(tiny, kwargs="{crash_at_step: 20, fault_envs: [3]}", num_workers=2)
     with pytest.raises(EnvStepError) as info:

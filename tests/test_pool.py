@@ -27,6 +27,10 @@ from fleetrl.envs.errors import (
     EnvResetError,
     EnvStepError,
     EnvTimeoutError,
+    MismatchedSpacesError,
+    OldGymApiError,
+    UnsupportedEnvError,
+    UnsupportedSpaceError,
     WorkerDiedError,
 )
 from fleetrl.envs.fake import FaultyEnv, InjectedFault, OldGymEnv, fault_count
@@ -444,6 +448,57 @@ def test_workers_exit_when_the_parent_dies(tmp_path):
     assert not _alive(worker), "worker outlived its parent"
 
 
+@pytest.mark.timeout(60)
+def test_worker_inside_a_long_step_dies_with_its_parent(tmp_path):
+    counter = tmp_path / "stalls"
+    script = (
+        "import time\n"
+        "import numpy as np\n"
+        "from fleetrl.envs.pool import EnvPool\n"
+        f"kwargs = {{'stall_at_step': 1, 'stall_seconds': 60, 'counter_path': {str(counter)!r}}}\n"
+        f"pool = EnvPool.from_id({FAKE!r}, 1, 1, env_kwargs=kwargs, step_timeout=120)\n"
+        "print(pool._workers.workers[0].process.pid, flush=True)\n"
+        "pool.reset()\n"
+        "pool.step_async(np.zeros(1, np.int64))\n"
+        "time.sleep(60)\n"
+    )
+    parent = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd()
+    )
+    worker = None
+    try:
+        worker = int(parent.stdout.readline())
+        deadline = time.monotonic() + 20
+        while fault_count(str(counter)) < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)  # until the worker is inside its 60 s step
+        assert fault_count(str(counter)) == 1, "the worker never started its step"
+        parent.kill()
+        parent.wait(5)
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline and _alive(worker):
+            time.sleep(0.05)
+        assert not _alive(worker), "a worker inside a step outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        parent.wait(5)
+        parent.stdout.close()
+        if worker is not None and _alive(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@pytest.mark.timeout(30)
+def test_a_pool_started_by_a_thread_outlives_the_thread(pools):
+    # Linux's parent-death signal follows the thread that started a worker, not the process
+    made = []
+    thread = threading.Thread(target=lambda: made.append(pools(FAKE, 2, 1)))
+    thread.start()
+    thread.join()
+    pool = made[0]
+    pool.reset()
+    time.sleep(0.2)
+    assert pool.step(np.zeros(2, np.int64)).episode_length.tolist() == [1, 1]
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as file:
@@ -525,18 +580,48 @@ def test_nonfinite_env_output_is_an_error_naming_env_step_action(pools, where, v
 
 
 @pytest.mark.timeout(30)
-def test_old_gym_envs_are_rejected_with_a_pointer_to_shimmy(pools):
-    with pytest.raises(EnvConstructionError, match="shimmy"):
+def test_old_gym_envs_are_rejected_at_construction_with_a_pointer_to_shimmy(pools):
+    with pytest.raises(OldGymApiError, match="shimmy") as info:
         pools("fleetrl.envs.fake:OldGymEnv", 2, 1)  # through a worker process
+    assert isinstance(info.value, EnvConstructionError) and isinstance(info.value, TypeError)
+    assert "\n" not in str(info.value)  # what to do, not fleetrl's traceback
+    with pytest.raises(OldGymApiError, match=r"env 0: step\(\) returned 4 values.*shimmy"):
+        pools("fleetrl.envs.fake:OldGymEnv", 2, 1, env_kwargs={"new_reset": True})
     with pytest.raises(EnvConstructionError, match=r"reset\(\) takes no `seed`.*shimmy"):
         pools(OldGymEnv, 2, 0, from_id=False)
-    pool = pools(ObsOnlyResetEnv, 2, 0, from_id=False)
-    with pytest.raises(EnvResetError, match=r"not \(obs, info\).*shimmy"):
+    # caught by the startup probe (checks.probe_env), not at the pool's first reset or step
+    with pytest.raises(OldGymApiError, match=r"not \(obs, info\).*shimmy"):
+        pools(ObsOnlyResetEnv, 2, 0, from_id=False)
+    with pytest.raises(OldGymApiError, match="returned 4 values.*shimmy"):
+        pools(FourTupleStepEnv, 2, 0, from_id=False)
+
+
+@pytest.mark.timeout(30)
+def test_old_gym_api_of_an_unprobed_env_fails_at_the_first_reset_and_step(pools):
+    pool = pools(lambda: Unprobed(ObsOnlyResetEnv()), 2, 0, from_id=False)
+    with pytest.raises(OldGymApiError, match=r"not \(obs, info\).*shimmy"):
         pool.reset()
-    pool = pools(FourTupleStepEnv, 2, 0, from_id=False)
+    pool = pools(lambda: Unprobed(FourTupleStepEnv()), 2, 0, from_id=False)
     pool.reset()
-    with pytest.raises(EnvStepError, match="returned 4 values.*shimmy"):
+    with pytest.raises(OldGymApiError, match="returned 4 values.*shimmy"):
         pool.step(np.zeros(2, np.int64))
+
+
+@pytest.mark.timeout(30)
+def test_startup_probe_reports_an_env_failing_its_first_step_and_can_be_opted_out(pools):
+    with pytest.raises(EnvConstructionError, match="env 0.*failed to construct") as info:
+        pools(StepRaisesEnv, 2, 0, from_id=False)
+    assert "startup check of env 0: one reset() and one step()" in str(info.value)
+    pool = pools(lambda: Unprobed(StepRaisesEnv()), 2, 0, from_id=False)
+    pool.reset()
+    with pytest.raises(EnvStepError, match="env 0 raised in step in-process at pool step 1"):
+        pool.step(np.zeros(2, np.int64))
+
+
+@pytest.mark.timeout(30)
+def test_unseeded_pools_stay_unseeded_after_the_startup_probe(pools):
+    obs = pools("CartPole-v1", 4, 0, seed=None).reset().obs
+    assert len({row.tobytes() for row in obs}) == 4  # a fixed probe seed would repeat them
 
 
 @pytest.mark.timeout(30)
@@ -546,21 +631,34 @@ def test_old_gym_envs_are_rejected_with_a_pointer_to_shimmy(pools):
         (spaces.Tuple([spaces.Discrete(2)] * 2), None, r"action space Tuple.*supported: Discrete"),
         (spaces.MultiBinary(3), None, "action space MultiBinary"),
         (None, spaces.Dict({"x": spaces.Box(0, 1, (2,))}), "observation space Dict.*not yet"),
+        (spaces.MultiDiscrete([2, 3]), None, "action space MultiDiscrete.*ActionWrapper"),
     ],
 )
 def test_unsupported_spaces_are_rejected(pools, action_space, observation_space, match):
     make = functools.partial(SpacesEnv, action_space, observation_space)
-    with pytest.raises(NotImplementedError, match=match):
+    with pytest.raises(NotImplementedError, match=match) as info:
         pools(make, 2, 0, from_id=False)
+    assert isinstance(info.value, UnsupportedSpaceError) and isinstance(info.value, EnvPoolError)
+
+
+@pytest.mark.timeout(30)
+def test_unsupported_spaces_of_a_registered_env_are_one_line_saying_what_to_do(pools):
+    with pytest.raises(UnsupportedSpaceError) as info:
+        pools("Blackjack-v1", 2, 1)  # through a worker process
+    assert isinstance(info.value, UnsupportedEnvError)  # the CLI prints it as one line
+    message = str(info.value)
+    assert "observation space Tuple" in message and "FlattenObservation" in message
+    assert "--env.id module.path:function" in message and "\n" not in message
 
 
 @pytest.mark.timeout(30)
 def test_different_spaces_across_envs_name_the_index_and_both_spaces(pools):
     with pytest.raises(
         ValueError, match=r"env 2 has observation space Box.*\(3,\).*env 0 has.*\(4,\)"
-    ):
+    ) as info:
         pools(lambda i: FaultyEnv(i, obs_size=3 if i == 2 else 4), 3, 0, from_id=False)
-    with pytest.raises(ValueError, match="env 1 has action space Box"):
+    assert isinstance(info.value, MismatchedSpacesError) and info.value.env_index == 2
+    with pytest.raises(MismatchedSpacesError, match="env 1 has action space Box"):
         pools(lambda i: FaultyEnv(i, continuous=i == 1), 2, 0, from_id=False)
 
 
@@ -586,6 +684,9 @@ def test_errors_pickle_with_their_attributes():
         EnvStepError("boom", 1, 2, [0.5]),
         EnvResetError("boom", 1, 2),
         EnvConstructionError("boom", 3),
+        OldGymApiError("boom", 1),
+        UnsupportedSpaceError("boom", 0),
+        MismatchedSpacesError("boom", 2),
     ]
     for error in errors:
         copy = pickle.loads(pickle.dumps(error))
@@ -617,6 +718,9 @@ class ImageEnv(EchoEnv):
     def reset(self, *, seed=None, options=None):
         return np.full((8, 8, 3), 7, np.uint8), {}
 
+    def step(self, action):
+        return np.full((8, 8, 3), 7, np.uint8), 0.0, False, False, {}
+
 
 class Float64Env(EchoEnv):
     observation_space = spaces.Box(-1, 1, (2,), np.float64)
@@ -624,6 +728,9 @@ class Float64Env(EchoEnv):
 
     def reset(self, *, seed=None, options=None):
         return np.zeros(2), {}
+
+    def step(self, action):
+        return np.zeros(2), 0.0, False, False, {}
 
 
 class SpacesEnv(EchoEnv):
@@ -640,3 +747,16 @@ class ObsOnlyResetEnv(Float64Env):
 class FourTupleStepEnv(Float64Env):
     def step(self, action):
         return np.zeros(2), 0.0, False, {}
+
+
+class StepRaisesEnv(Float64Env):
+    def step(self, action):
+        raise InjectedFault("this env cannot step")
+
+
+class Unprobed(gymnasium.Wrapper):
+    """Opts its env out of the pool's startup probe (through a wrapper, as users would)."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        self.metadata = {**env.metadata, "fleetrl_startup_probe": False}

@@ -90,6 +90,67 @@ def test_signal_writes_checkpoint_and_exits_130(tmp_path, sig):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
 
+@pytest.mark.parametrize("when", ["startup", "training"])
+def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
+    """Host envs in two worker processes, Ctrl+C while the program compiles or while it trains
+    (then with a checkpoint): exit 130, and no process (workers, resource tracker), no shared
+    memory and no resource-tracker warning left behind."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    shm_before = set(os.listdir("/dev/shm"))
+    proc = start(
+        run_dir,
+        "--env.backend", "gymnasium",
+        "--env.num-envs", "4",
+        "--env.num-workers", "2",
+        "--train.num-steps", "32",
+        "--train.log-every", "128",
+    )  # fmt: skip
+    try:
+        workers = lambda: psutil.Process(proc.pid).children(recursive=True)
+        if when == "startup":
+            wait_for(lambda: len(workers()) >= 3)  # two workers and the resource tracker
+        else:
+            wait_for(lambda: metrics_lines(run_dir) >= 2)
+        children = workers()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out and "leaked" not in out, out
+    if when == "training":
+        assert checkpoint.latest(run_dir) is not None
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left running: {alive}"
+    assert set(os.listdir("/dev/shm")) - shm_before == set()
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_ctrl_c_during_startup_is_one_line_and_exits_130(tmp_path, delay):
+    """Ctrl+C while Python imports, traces or compiles (an empty compilation cache): exit 130
+    with one line, no traceback; Python drops a KeyboardInterrupt raised inside JAX's garbage
+    collector callback, so this also checks that the CLI's handler steers clear of it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fleetrl", "train", "ppo-cartpole", "--log.progress", "False",
+         "--log.run-dir", str(tmp_path / "run")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "FLEETRL_CACHE_DIR": str(tmp_path / "cache")},
+    )  # fmt: skip
+    try:
+        time.sleep(delay)
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert "Traceback" not in out, out
+    assert "fleetrl: interrupted" in out or checkpoint.latest(tmp_path / "run") is not None, out
+
+
 def test_second_ctrl_c_exits_at_once_and_keeps_checkpoint(tmp_path):
     from fleetrl.evaluate import evaluate_run
 
@@ -196,11 +257,13 @@ def test_signals_reach_the_watcher_while_the_main_thread_cannot_run_python(tmp_p
     through the wakeup fd. Simulated: the main thread blocks the signals, so they land on the
     watcher thread, and then blocks in a read that nothing interrupts."""
     code = (
-        "import os, signal\n"
+        "import os, signal, threading\n"
         "from fleetrl.interrupts import StopSignals\n"
         "with StopSignals(grace=float(os.environ['GRACE'])) as s:\n"
         "    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})\n"
-        "    print('ready', flush=True)\n"
+        "    # 'ready' once the main thread is inside the read: a signal arriving while it still\n"
+        "    # runs bytecode would run our Python handler there (and reset the disposition)\n"
+        "    threading.Timer(0.5, print, ('ready',), {'flush': True}).start()\n"
         "    os.read(os.pipe()[0], 1)\n"
     )
     for grace, signals, expect in (

@@ -14,7 +14,7 @@ from fleetrl.cli import main
 from fleetrl.config import ConfigError, load_preset, preset_names
 from fleetrl.train import train
 from fleetrl.visualize import VideoError, record_episodes, visualize_run
-from tests.conftest import tiny_run
+from tests.conftest import tiny_run, with_log
 
 imageio = pytest.importorskip("imageio.v2")
 pytest.importorskip("imageio_ffmpeg")
@@ -97,6 +97,27 @@ def test_mujoco_render_failure_says_how_to_get_egl():
     assert "apt-get install libegl1 libgl1-mesa-dri" in str(error) and "MUJOCO_GL=egl" in str(error)
 
 
+def _egl_missing() -> bool:
+    import ctypes.util
+
+    return not (sys.platform.startswith("linux") and ctypes.util.find_library("EGL"))
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.skipif(_egl_missing(), reason="needs libegl1 and libgl1-mesa-dri (.ci/run installs)")
+def test_mujoco_renders_headless(tmp_path, monkeypatch):
+    """A real MuJoCo frame on a machine without a display: MUJOCO_GL=egl set by fleetrl."""
+    pytest.importorskip("mujoco")
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("MUJOCO_GL", raising=False)
+    monkeypatch.delenv("PYOPENGL_PLATFORM", raising=False)
+    still = lambda obs: np.zeros((1, 6), np.float32)
+    (result,) = record_episodes(still, "HalfCheetah-v5", episodes=1, outdir=tmp_path, max_steps=3)
+    frames = frames_of(tmp_path / result["file"])
+    assert len(frames) == 4 and frames[0].shape == (480, 480, 3)
+    assert frames[0].std() > 0  # a picture, not a blank buffer
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="EGL defaults are Linux-only")
 def test_headless_rendering_defaults_keep_what_the_user_set(monkeypatch):
     for name in ("DISPLAY", "WAYLAND_DISPLAY", "MUJOCO_GL", "SDL_VIDEODRIVER", "SDL_AUDIODRIVER"):
@@ -113,12 +134,13 @@ def test_headless_rendering_defaults_keep_what_the_user_set(monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "preset", [name for name in preset_names() if load_preset(name).env.backend == "gymnax"]
+    "preset",
+    [name for name in preset_names() if envs.resolve_backend(load_preset(name).env) == "gymnax"],
 )
 def test_every_gymnax_preset_has_a_gymnasium_twin_with_the_same_spaces(preset):
     run = load_preset(preset)
     spec = envs.make(run.env, num_envs=1).spec
-    twin = gymnasium.make(visualize.gymnasium_id(run.env.id, run.env.backend))
+    twin = gymnasium.make(visualize.gymnasium_id(run.env.id, envs.resolve_backend(run.env)))
     assert twin.observation_space.shape == spec.observation_shape
     if spec.action_kind == "discrete":
         assert twin.action_space.n == spec.num_actions
@@ -200,6 +222,20 @@ def test_training_recorder_writes_videos_per_step(cartpole_run):
         folder = cartpole_run / "videos" / f"step_{at}"
         assert (folder / result["file"]).is_file()
         assert json.loads((folder / "episodes.json").read_text())["step"] == at
+
+
+@pytest.mark.timeout(120)
+def test_training_records_evaluation_videos_on_its_schedule(tmp_path):
+    run = tiny_run("ppo-cartpole", tmp_path, iterations=2)
+    run = with_log(run, video_every=run.steps_per_iteration)
+    run_dir = train(run).run_dir
+    spi = run.steps_per_iteration
+    folders = {p.name for p in (run_dir / "videos").iterdir()}
+    assert folders == {f"step_{spi}", f"step_{2 * spi}"}
+    for folder in folders:
+        summary = json.loads((run_dir / "videos" / folder / "episodes.json").read_text())
+        (episode,) = summary["episodes"]
+        assert (run_dir / "videos" / folder / episode["file"]).stat().st_size > 0
 
 
 @pytest.mark.timeout(120)

@@ -125,13 +125,11 @@ def make(run, spec: EnvSpec) -> Algorithm:
     # a NaN or Inf gradient skips its update instead of poisoning the parameters (guard.py)
     optimizer = optax.flatten(clip_or_skip(optax.adam(cfg.learning_rate), cfg.max_grad_norm))
     capacity_rows = cfg.buffer_size // spec.num_envs
-    decay_steps = max(1.0, cfg.exploration_fraction * run.train.total_steps)
     # learning_starts in buffer rows, and at least one n-step window
     start_rows = max(-(-cfg.learning_starts // spec.num_envs), cfg.n_step)
 
     def epsilon(env_steps: Array) -> Array:
-        fraction = jnp.minimum(env_steps / decay_steps, 1.0)
-        return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
+        return epsilon_schedule(env_steps, cfg, run.train.total_steps)
 
     def init(key: Array) -> DQNState:
         dummy = jnp.zeros((1,) + spec.observation_shape, jnp.float32)
@@ -168,20 +166,20 @@ def make(run, spec: EnvSpec) -> Algorithm:
         q = network.apply(params, batch["obs"][0])
         q_taken = jnp.take_along_axis(q, batch["action"][0][:, None], axis=-1)[:, 0]
         next_obs = batch["next_obs"].reshape((n * b,) + spec.observation_shape)
-        next_q_target = network.apply(target_params, next_obs)
-        if cfg.double_q:
-            next_action = jnp.argmax(network.apply(params, next_obs), axis=-1)
-        else:
-            next_action = jnp.argmax(next_q_target, axis=-1)
-        next_value = jnp.take_along_axis(next_q_target, next_action[:, None], axis=-1)
-        target = n_step_target(
+        next_q_target = network.apply(target_params, next_obs).reshape(n, b, -1)
+        # plain DQN never reads the online network's next-state values: skip that forward pass
+        next_q_online = (
+            network.apply(params, next_obs).reshape(n, b, -1) if cfg.double_q else next_q_target
+        )
+        target = td_target(
+            next_q_online,
+            next_q_target,
             batch["reward"],
             batch["terminated"],
             batch["truncated"],
-            next_value.reshape(n, b),
             cfg.gamma,
+            cfg.double_q,
         )
-        target = jax.lax.stop_gradient(target)
         loss = td_loss(q_taken - target, cfg.loss)
         return loss, {"losses/td_loss": loss, "losses/q_values": q_taken.mean()}
 
@@ -243,6 +241,41 @@ def make(run, spec: EnvSpec) -> Algorithm:
         return state, metrics
 
     return Algorithm(init=init, policy=policy, learn=learn)
+
+
+def epsilon_schedule(env_steps: Array, cfg: Config, total_steps: int) -> Array:
+    """Exploration rate after ``env_steps`` (a scalar): linear from ``epsilon_start`` to
+    ``epsilon_end`` over the first ``exploration_fraction * total_steps`` env steps (at least
+    one), then constant. Returns a scalar."""
+    decay_steps = max(1.0, cfg.exploration_fraction * total_steps)
+    fraction = jnp.minimum(env_steps / decay_steps, 1.0)
+    return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+def td_target(
+    next_q_online: Array,
+    next_q_target: Array,
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    gamma: float,
+    double_q: bool,
+) -> Array:
+    """TD target for Q(obs[t], action[t]) from ``n`` consecutive steps of one env (n = 1: DQN).
+
+    Args: ``next_q_online, next_q_target``: ``[n, B, A]``, Q(next_obs[t + k], .) under the
+    online and the target network (``next_q_online`` is read only when ``double_q``);
+    ``reward, terminated, truncated``: ``[n, B]``. The bootstrap action is the target network's
+    argmax (Mnih et al. 2015) or, with ``double_q``, the online network's (van Hasselt et al.
+    2016, eq. 4); its value always comes from the target network. Rewards are summed up to the
+    first episode end and bootstrap from the state that step reached unless it was terminal, so
+    a truncated step still bootstraps (``returns.n_step_target``). Returns ``[B]``, with the
+    gradient stopped.
+    """
+    next_action = jnp.argmax(next_q_online if double_q else next_q_target, axis=-1)
+    next_value = jnp.take_along_axis(next_q_target, next_action[..., None], axis=-1)[..., 0]
+    target = n_step_target(reward, terminated, truncated, next_value, gamma)
+    return jax.lax.stop_gradient(target)
 
 
 def td_loss(error: Array, kind: str) -> Array:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+BACKENDS = ("gymnax", "gymnasium")
+
 
 def resolve_backend(config) -> str:
     """``config.backend``, with "auto" resolved: gymnax when it has the id, else gymnasium."""
@@ -12,20 +14,83 @@ def resolve_backend(config) -> str:
     return "gymnax" if is_gymnax_id(config.id) else "gymnasium"
 
 
+def check_env_id(env_id: str, backend: str) -> None:
+    """``ConfigError`` naming ``env.id`` when ``backend`` ("gymnax", "gymnasium" or "auto") has
+    no env ``env_id``: which ``--env.backend`` has it, or the closest ids either has.
+
+    Why: a device preset (env.backend gymnax) given a gymnasium id, ``fleetrl train
+    ppo-cartpole --env.id LunarLander-v3``, failed with gymnax's traceback.
+    """
+    from fleetrl.config import ConfigError
+
+    wanted = BACKENDS if backend == "auto" else (backend,)
+    if any(_has(name, env_id) for name in wanted):
+        return
+    others = [name for name in BACKENDS if name not in wanted and _has(name, env_id)]
+    if others:
+        where = "on the host, in worker processes" if others[0] == "gymnasium" else "in JAX"
+        raise ConfigError(
+            f"env.id: {env_id!r} is a {others[0]} env, but env.backend is {backend}: add "
+            f"--env.backend {others[0]} (its envs step {where}), or --env.backend auto, which "
+            "picks the backend that has the id"
+        )
+    import difflib
+
+    from fleetrl.envs.device import gymnax_ids
+
+    known = list(dict.fromkeys(gymnax_ids() + _gymnasium_ids()))  # CartPole-v1 is in both
+    close = difflib.get_close_matches(env_id, known, n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ConfigError(
+        f"env.id: unknown environment {env_id!r}: neither gymnax nor gymnasium has it.{hint} "
+        "A custom env is given as module.path:ClassName."
+    )
+
+
+def _has(backend: str, env_id: str) -> bool:
+    if backend == "gymnax":
+        from fleetrl.envs.device import is_gymnax_id
+
+        return is_gymnax_id(env_id)
+    if ":" in env_id or env_id in _gymnasium_ids():  # ":": module.path:ClassName
+        return True
+    try:  # Atari ids (ALE/Pong-v5, PongNoFrameskip-v4) are registered by ale-py's import
+        import ale_py
+    except ImportError:
+        if env_id.startswith("ALE/"):
+            from fleetrl.config import ConfigError
+
+            raise ConfigError(
+                f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]'"
+            ) from None
+        return False
+    import gymnasium
+
+    gymnasium.register_envs(ale_py)
+    return env_id in _gymnasium_ids()
+
+
+def _gymnasium_ids() -> list[str]:
+    import gymnasium
+
+    return list(gymnasium.registry)
+
+
 def make(config, num_envs: int | None = None, num_workers: int | None = None):
     """Build the batched env of ``config`` (an ``EnvConfig``), optionally with another size.
 
     ``num_workers`` overrides the config's worker count for host envs (evaluation runs its envs
-    in-process).
+    in-process). An id the backend does not have is a ``ConfigError`` (see `check_env_id`).
     """
     num_envs = config.num_envs if num_envs is None else num_envs
     backend = resolve_backend(config)
+    if backend not in BACKENDS:
+        raise ValueError(f"env.backend: unknown backend {config.backend!r}")
+    check_env_id(config.id, config.backend)
     if backend == "gymnax":
         from fleetrl.envs.device import GymnaxEnv
 
         return GymnaxEnv(config.id, num_envs)
-    if backend == "gymnasium":
-        from fleetrl.envs.host import HostEnv
+    from fleetrl.envs.host import HostEnv
 
-        return HostEnv.from_config(config, num_envs, num_workers)
-    raise ValueError(f"env.backend: unknown backend {config.backend!r}")
+    return HostEnv.from_config(config, num_envs, num_workers)

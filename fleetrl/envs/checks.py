@@ -1,6 +1,6 @@
 """Startup and per-step checks of `EnvPool`: env API, spaces, actions; the pool's `PoolSpec`.
 
-Imported by worker processes: numpy and gymnasium only.
+Imported by worker processes: numpy, gymnasium and `fleetrl.envs.errors` only.
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 
+from fleetrl.envs.errors import MismatchedSpacesError, OldGymApiError, UnsupportedSpaceError
+
 SUPPORTED_ACTION_SPACES = "Discrete, Box (float dtype)"
 SUPPORTED_OBSERVATION_SPACES = "Box (float, integer or bool dtype; Dict observations: not yet)"
 
@@ -21,6 +23,11 @@ SHIMMY_HINT = (
     "compatibility wrappers (pip install 'shimmy[gym-v21]' or 'shimmy[gym-v26]', then "
     "shimmy.GymV21CompatibilityV0(env=env) or shimmy.GymV26CompatibilityV0(env=env)); "
     "gymnasium 1.x removed its own EnvCompatibility wrapper."
+)
+
+WRAP_HINT = (
+    "From the command line, give a function that builds the wrapped env as --env.id "
+    "module.path:function."
 )
 
 
@@ -111,50 +118,59 @@ def check_env_api(env: Any, index: int) -> None:
     """Reject old-gym envs (``reset`` without ``seed``) before they fail in an odd place."""
     for name in ("reset", "step", "observation_space", "action_space"):
         if not hasattr(env, name):
-            raise TypeError(f"env {index}: {type(env).__name__} has no `{name}`. {SHIMMY_HINT}")
+            raise OldGymApiError(
+                f"env {index}: {type(env).__name__} has no `{name}`. {SHIMMY_HINT}", index
+            )
     try:
         parameters = inspect.signature(env.reset).parameters
     except (TypeError, ValueError):
         return
     takes_kwargs = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
     if "seed" not in parameters and not takes_kwargs:
-        raise TypeError(
+        raise OldGymApiError(
             f"env {index}: {type(env).__name__}.reset() takes no `seed`: this is the old gym "
-            f"API. {SHIMMY_HINT}"
+            f"API. {SHIMMY_HINT}",
+            index,
         )
 
 
 def check_spaces(observation_space: Any, action_space: Any, index: int) -> None:
-    """``NotImplementedError`` for spaces the pool cannot batch, listing the supported ones."""
+    """`UnsupportedSpaceError` (a ``NotImplementedError``) for spaces the pool cannot batch,
+    listing the supported ones."""
     if not isinstance(action_space, (spaces.Discrete, spaces.Box)) or (
         isinstance(action_space, spaces.Box) and action_space.dtype.kind != "f"
     ):
-        raise NotImplementedError(
+        raise UnsupportedSpaceError(
             f"env {index}: action space {action_space} is not supported by EnvPool; supported: "
-            f"{SUPPORTED_ACTION_SPACES}. Flatten it with a gymnasium wrapper first."
+            f"{SUPPORTED_ACTION_SPACES}. Wrap the env so that it takes one of these (a "
+            f"gymnasium.ActionWrapper). {WRAP_HINT}",
+            index,
         )
     if not isinstance(observation_space, spaces.Box) or observation_space.dtype.kind not in "fiub":
-        raise NotImplementedError(
+        raise UnsupportedSpaceError(
             f"env {index}: observation space {observation_space} is not supported by EnvPool; "
             f"supported: {SUPPORTED_OBSERVATION_SPACES}. Flatten it with "
-            "gymnasium.wrappers.FlattenObservation first."
+            f"gymnasium.wrappers.FlattenObservation first. {WRAP_HINT}",
+            index,
         )
 
 
 def check_same_spaces(env_spaces: list[tuple[Any, Any]]) -> None:
-    """All sub-envs must share env 0's spaces; the error names the index and both spaces."""
+    """All sub-envs must share env 0's spaces; `MismatchedSpacesError` (a ``ValueError``) names
+    the index and both spaces."""
     observation_space, action_space = env_spaces[0]
     for index, (obs_space, act_space) in enumerate(env_spaces):
-        if obs_space != observation_space:
-            raise ValueError(
-                f"env {index} has observation space {obs_space}, env 0 has {observation_space}: "
-                "all envs of a pool must have the same spaces"
-            )
-        if act_space != action_space:
-            raise ValueError(
-                f"env {index} has action space {act_space}, env 0 has {action_space}: "
-                "all envs of a pool must have the same spaces"
-            )
+        for what, space, first in (
+            ("observation", obs_space, observation_space),
+            ("action", act_space, action_space),
+        ):
+            if space != first:
+                raise MismatchedSpacesError(
+                    f"env {index} has {what} space {space}, env 0 has {first}: all envs of a "
+                    "pool must have the same spaces (make_env must build the same env for "
+                    "every index)",
+                    index,
+                )
 
 
 def make_spec(env_id: str, num_envs: int, obs_space, act_space, max_steps: int) -> PoolSpec:
@@ -186,9 +202,10 @@ def make_spec(env_id: str, num_envs: int, obs_space, act_space, max_steps: int) 
 def check_reset_result(result: Any, obs_space, index: int) -> None:
     """The first ``reset`` must return ``(obs, info)`` with an obs of the declared shape."""
     if not (isinstance(result, tuple) and len(result) == 2 and isinstance(result[1], dict)):
-        raise TypeError(
+        raise OldGymApiError(
             f"env {index}: reset() returned {type(result).__name__}, not (obs, info): this is the "
-            f"old gym API. {SHIMMY_HINT}"
+            f"old gym API. {SHIMMY_HINT}",
+            index,
         )
     _check_obs(result[0], obs_space, index, "reset")
 
@@ -196,9 +213,10 @@ def check_reset_result(result: Any, obs_space, index: int) -> None:
 def check_step_result(result: Any, obs_space, index: int) -> None:
     """The first ``step`` must return a 5-tuple with bool flags and an obs of the right shape."""
     if isinstance(result, tuple) and len(result) == 4:
-        raise TypeError(
+        raise OldGymApiError(
             f"env {index}: step() returned 4 values (obs, reward, done, info): this is the old "
-            f"gym API. {SHIMMY_HINT}"
+            f"gym API. {SHIMMY_HINT}",
+            index,
         )
     if not (isinstance(result, tuple) and len(result) == 5):
         raise TypeError(f"env {index}: step() must return 5 values, got {result!r:.200}")
@@ -209,6 +227,49 @@ def check_step_result(result: Any, obs_space, index: int) -> None:
                 "it must be a bool"
             )
     _check_obs(result[0], obs_space, index, "step")
+
+
+PROBE_KEY = "fleetrl_startup_probe"
+"""``env.metadata[PROBE_KEY] = False`` opts an env out of `probe_env`."""
+
+
+def probe_env(env: Any, index: int) -> None:
+    """One ``reset()`` and one ``step(action_space.sample())`` of a freshly built env, checked
+    like the pool's first ones: an old-gym env (obs-only reset, 4-tuple step) is rejected while
+    the pool starts, not at its first step, after a trainer compiled its program and made its
+    run directory.
+
+    The reset is unseeded and the env is left as the step left it: the pool's first reset with
+    ``seed=s`` re-seeds it fully (gymnasium's contract for a seeded reset; the pool's parity
+    tests check it), and an unseeded pool goes on with the env's own entropy-seeded RNG, as
+    without the probe (a fixed probe seed would give every env of an unseeded pool the same
+    episodes). Costs one reset and one step per env, once: until the pool's first step, 16
+    CartPoles took 0.6 ms more CPU time and one Atari Pong no measurable more (its seeded reset,
+    which reloads the ROM, dominates).
+
+    Envs that must opt out (``metadata["fleetrl_startup_probe"] = False``; their first reset and
+    step are then checked at the pool's first ones, as before): envs whose reset or step act on
+    the world (a robot, a server, a file), wrappers that count episodes or record videos (the
+    probe is a one-step episode), envs whose seeded reset keeps state from before, envs for
+    which a random action can be invalid (action masks), and fault injectors that count calls
+    (`fleetrl.envs.fake.FaultyEnv`). Envs whose step before reset is an error are fine: the
+    probe resets first.
+    """
+    metadata = getattr(env, "metadata", None)
+    if isinstance(metadata, dict) and metadata.get(PROBE_KEY, True) is False:
+        return
+    obs_space = env.observation_space
+    try:
+        check_reset_result(env.reset(), obs_space, index)
+        check_step_result(env.step(env.action_space.sample()), obs_space, index)
+    except OldGymApiError:
+        raise
+    except Exception as error:
+        error.add_note(
+            f"(raised in fleetrl's startup check of env {index}: one reset() and one step() of a "
+            f"random action; an env that cannot take them sets metadata['{PROBE_KEY}'] = False)"
+        )
+        raise
 
 
 def _check_obs(obs: Any, obs_space, index: int, where: str) -> None:

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fleetrl.config import ConfigError
 from fleetrl.types import Array, EnvSpec, TimeStep
 
 # gymnax ids whose modules we load directly (see `_import_gymnax`).
@@ -77,6 +78,11 @@ def is_gymnax_id(env_id: str) -> bool:
     return env_id in _import_gymnax().registered_envs
 
 
+def gymnax_ids() -> list[str]:
+    """Every id gymnax registers (imports all of gymnax)."""
+    return list(_import_gymnax().registered_envs)
+
+
 def make_gymnax(env_id: str) -> tuple[Any, Any]:
     """Return ``(env, params)`` for a gymnax id, importing as little of gymnax as possible."""
     if env_id in _CLASSIC_CONTROL:
@@ -89,7 +95,10 @@ def make_gymnax(env_id: str) -> tuple[Any, Any]:
 
         close = difflib.get_close_matches(env_id, gymnax.registered_envs, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"env.id: unknown gymnax environment {env_id!r}.{hint}")
+        raise ConfigError(
+            f"env.id: unknown gymnax environment {env_id!r}.{hint} A gymnasium env needs "
+            "--env.backend gymnasium (or auto)."
+        )
     return gymnax.make(env_id)
 
 
@@ -135,7 +144,7 @@ class GymnaxEnv:
                 **common,
             )
         else:
-            raise NotImplementedError(
+            raise ConfigError(
                 f"env.id: {env_id} has a {type(action_space).__name__} action space; fleetrl "
                 "supports Discrete and Box actions."
             )

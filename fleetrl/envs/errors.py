@@ -28,6 +28,28 @@ class EnvConstructionError(EnvPoolError):
         return (type(self), (str(self), self.env_index))
 
 
+class UnsupportedEnvError(EnvConstructionError):
+    """The pool cannot run this env as it is: the old gym API, a space it cannot batch, spaces
+    that differ across envs. A usage problem, found at startup; the message says what to do and
+    carries no traceback (it would only show fleetrl's own check).
+
+    The subclasses keep the builtin class these checks raised before (``TypeError``,
+    ``NotImplementedError``, ``ValueError``), so that code catching those still does.
+    """
+
+
+class OldGymApiError(UnsupportedEnvError, TypeError):
+    """The env follows the pre-gymnasium API (no ``reset(seed=...)``, 4-tuple ``step``)."""
+
+
+class UnsupportedSpaceError(UnsupportedEnvError, NotImplementedError):
+    """An observation or action space the pool cannot batch (Tuple, Dict, MultiDiscrete...)."""
+
+
+class MismatchedSpacesError(UnsupportedEnvError, ValueError):
+    """The envs of one pool do not all have the same spaces."""
+
+
 class EnvResetError(EnvPoolError):
     """An env raised in ``reset``."""
 
@@ -138,6 +160,8 @@ def error_of(fault: Fault, phase: str, context: FaultContext, step: int, actions
             action,
         )
     env_phase, index, text, cause = fault.payload
+    if isinstance(cause, UnsupportedEnvError):
+        return cause
     where = "in-process" if fault.slot in context.local_slots else f"in worker {fault.slot}"
     summary = text.strip().splitlines()[-1] if text.strip() else "?"
     if env_phase == "construct":

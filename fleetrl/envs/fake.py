@@ -37,7 +37,8 @@ class FaultyEnv(gymnasium.Env):
     Faults fire only in envs whose ``env_index`` is in ``fault_envs`` (default: all) and, when
     ``counter_path`` is given, only while fewer than ``max_faults`` faults are recorded there
     (each fault appends one byte, so the count survives process restarts). Step and reset
-    numbers count calls since construction, from 1. ``exit_how``: "exit" (``os._exit(3)``) or
+    numbers count calls since construction, from 1 (so an env with step or reset faults opts out
+    of the pool's startup probe, which would count). ``exit_how``: "exit" (``os._exit(3)``) or
     "sigkill"; only use these in worker processes.
     """
 
@@ -83,6 +84,9 @@ class FaultyEnv(gymnasium.Env):
             or bool(crash_step_prob)
             or both_flags_at_step is not None
         )
+        if self.step_faults or crash_at_reset is not None or crash_reset_prob:
+            # the faults count calls from construction: no startup probe (checks.probe_env)
+            self.metadata = {**self.metadata, "fleetrl_startup_probe": False}
         self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)
         if continuous:
             self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
@@ -182,14 +186,23 @@ def _burn(nanoseconds: int) -> None:
 
 
 class OldGymEnv:
-    """The gym <= 0.25 API: ``reset()`` without a seed returning the obs alone, 4-tuple steps."""
+    """The gym <= 0.25 API: ``reset()`` without a seed returning the obs alone, 4-tuple steps.
 
-    def __init__(self, env_index: int = 0):
+    ``new_reset``: a half-ported env, whose reset is gymnasium's (``seed``, ``(obs, info)``) but
+    whose step still returns 4 values: only stepping it tells.
+    """
+
+    def __init__(self, env_index: int = 0, new_reset: bool = False):
         self.observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
         self.action_space = spaces.Discrete(2)
+        if new_reset:
+            self.reset = self._new_reset
 
     def reset(self):
         return np.zeros(2, np.float32)
+
+    def _new_reset(self, *, seed: int | None = None, options: dict | None = None):
+        return np.zeros(2, np.float32), {}
 
     def step(self, action):
         return np.zeros(2, np.float32), 1.0, False, {}

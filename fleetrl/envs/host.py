@@ -63,35 +63,6 @@ def _atari(env_id: str, kwargs: dict[str, Any]) -> Any:
     return gymnasium.wrappers.FrameStackObservation(env, 4)
 
 
-def check_env_id(env_id: str) -> None:
-    """Refuse an id that is neither registered in gymnasium nor ``module:Class``, before any
-    worker starts, with the closest registered ids."""
-    import difflib
-
-    import gymnasium
-
-    from fleetrl.config import ConfigError
-
-    if ":" in env_id:
-        return
-    if env_id.startswith("ALE/"):
-        try:
-            import ale_py
-
-            gymnasium.register_envs(ale_py)
-        except ImportError:
-            raise ConfigError(
-                f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]'"
-            ) from None
-    if env_id not in gymnasium.registry:
-        close = difflib.get_close_matches(env_id, list(gymnasium.registry), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        raise ConfigError(
-            f"env.id: {env_id!r} is not a registered gymnasium env.{hint} A custom env is given "
-            "as module.path:ClassName."
-        )
-
-
 def _unpack(packed) -> TimeStep:
     """The callback's two arrays as a TimeStep (episode lengths are exact in float32 < 2^24)."""
     obs_pair, scalars = packed
@@ -130,8 +101,8 @@ class HostEnv:
 
     @classmethod
     def from_config(cls, config, num_envs: int, num_workers: int | None = None) -> HostEnv:
-        """A host env for an ``EnvConfig`` (``num_workers`` overrides the config's)."""
-        check_env_id(config.id)
+        """A host env for an ``EnvConfig`` (``num_workers`` overrides the config's); its id
+        was checked by `fleetrl.envs.make`."""
         factory = GymnasiumFactory(config.id, tuple(config.env_kwargs().items()), config.preprocess)
         workers = config.num_workers if num_workers is None else num_workers
         pool = EnvPool(

@@ -69,6 +69,16 @@ class HostTimeStep(NamedTuple):
         return self.terminated | self.truncated
 
 
+_RELEASES: list[weakref.finalize] = []  # each open pool's release, for `release_all`
+
+
+def release_all() -> None:
+    """Stop every open pool's workers and free its shared memory: for an exit that skips the
+    interpreter's shutdown (``os._exit`` after Ctrl+C, fleetrl.cli)."""
+    for finalizer in list(_RELEASES):
+        finalizer()
+
+
 class EnvPool:
     """``num_envs`` gymnasium envs in ``num_workers`` processes (0: in this process).
 
@@ -77,6 +87,11 @@ class EnvPool:
     module-level function or class, a ``functools.partial`` of one, or use `from_id`).
 
     The envs' ``info`` dicts are dropped: only arrays cross the process boundary.
+
+    Startup checks each env where it is built: its API, its spaces, and one probe reset and step
+    (`fleetrl.envs.checks.probe_env`, which says which envs should opt out). An env the pool
+    cannot run (old gym API, unsupported or mismatched spaces) raises an
+    `fleetrl.envs.errors.UnsupportedEnvError` whose message says what to do.
 
     Seeding: env ``i`` is reset with ``seed + i`` on the first reset (its action space too);
     later auto-resets continue the env's own RNG, so trajectories do not depend on
@@ -164,6 +179,7 @@ class EnvPool:
             start_timeout,
         )
         self._finalizer = weakref.finalize(self, release, self._workers.resources)
+        _RELEASES[:] = [f for f in _RELEASES if f.alive] + [self._finalizer]
         self._arrays: dict | None = None
         self._broken: BaseException | None = None
         self._closed = self._waiting = self._has_reset = False
@@ -269,9 +285,7 @@ class EnvPool:
         workers = self._workers
         self._raise_first(workers.launch(range(len(workers.groups))), "startup")
         env_spaces = [s for w in workers.workers for s in w.info["spaces"]]
-        for index, (obs_space, action_space) in enumerate(env_spaces):
-            checks.check_spaces(obs_space, action_space, index)
-        checks.check_same_spaces(env_spaces)
+        checks.check_same_spaces(env_spaces)  # each env's own were checked where it was built
         info = workers.workers[0].info
         label = env_id or info["env_id"] or self._label
         spec = self.spec = checks.make_spec(

@@ -2,7 +2,7 @@
 
 The same `EnvGroup` serves in-process pools (``num_workers=0``) on plain arrays. This module is
 the entry point of the spawned worker processes, so it imports numpy and gymnasium only (no JAX,
-no other fleetrl module than `checks`).
+no other fleetrl module than `checks` and `errors`).
 
 Protocol (one round trip per batched step): the parent writes the actions and a command code into
 shared memory and releases the worker's ``command`` semaphore; the worker runs the command on its
@@ -18,6 +18,7 @@ import importlib
 import inspect
 import os
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class EnvFactory:
         kwargs = dict(self.env_kwargs)
         constructor = _import_attribute(self.env_id)
         if constructor is None:
+            _register_atari(self.env_id)
             if self.max_episode_steps is not None:
                 kwargs["max_episode_steps"] = self.max_episode_steps
             return gymnasium.make(self.env_id, **kwargs)
@@ -63,6 +65,19 @@ class EnvFactory:
         if self.max_episode_steps is not None:
             env = gymnasium.wrappers.TimeLimit(env, self.max_episode_steps)
         return env
+
+
+def _register_atari(env_id: str) -> None:
+    """Atari ids (``ALE/Pong-v5``, ``PongNoFrameskip-v4``) exist once ale-py is imported."""
+    import gymnasium
+
+    if env_id in gymnasium.registry:
+        return
+    try:
+        import ale_py
+    except ImportError:  # gymnasium's error names the id; fleetrl.envs.check_env_id the fix
+        return
+    gymnasium.register_envs(ale_py)
 
 
 def _import_attribute(env_id: str) -> Any:
@@ -102,10 +117,11 @@ def call_style(make_env: Any) -> str:
 
 
 def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
-    """Construct and API-check the envs ``indices`` (see `call_style`); failures raise
-    `EnvFault`."""
+    """Construct and check the envs ``indices`` (see `call_style`): their API, their spaces,
+    and one probe reset and step (`checks.probe_env`); failures raise `EnvFault`."""
     envs = []
     for index in indices:
+        env = None
         try:
             if style == "index":
                 env = make_env(index)
@@ -114,8 +130,10 @@ def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
             else:
                 env = make_env()
             checks.check_env_api(env, index)
+            checks.check_spaces(env.observation_space, env.action_space, index)
+            checks.probe_env(env, index)
         except Exception as error:
-            for built in envs:
+            for built in envs if env is None else [*envs, env]:
                 _close_quietly(built)
             raise EnvFault("construct", index, error) from error
         envs.append(env)
@@ -316,14 +334,20 @@ class WorkerConfig:
     """Pin the process to this CPU (None: keep the inherited affinity)."""
     spin_seconds: float
     """Busy-wait this long for the next command after answering, before blocking."""
+    from_main_thread: bool = True
+    """Started by the parent's main thread: the worker may ask Linux to kill it with that
+    thread (see `_die_with_parent`)."""
 
 
 def worker_main(conn, command_sem, done_sem, config: WorkerConfig) -> None:
     """Entry point of a worker process: build envs, attach to the pool's memory, serve commands.
 
     Ignores SIGINT (a Ctrl+C reaches the whole process group; the parent decides what happens)
-    and exits on its own when the parent dies: it checks the parent pid every second while idle.
+    and exits on its own when the parent dies: Linux kills it at once (`_die_with_parent`), and
+    it also checks the parent pid every second while idle.
     """
+    if config.from_main_thread and not _die_with_parent(config.parent_pid):
+        return
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.cpu is not None:
         try:
@@ -357,6 +381,28 @@ def worker_main(conn, command_sem, done_sem, config: WorkerConfig) -> None:
         group.close()
         del group, arrays
         shm.close()
+
+
+def _die_with_parent(parent_pid: int) -> bool:
+    """Ask Linux for SIGKILL when the parent dies (``prctl(PR_SET_PDEATHSIG)``); False if it
+    already has. A no-op elsewhere.
+
+    Why: the idle loop's parent check cannot run while an env is inside a long step, so a
+    SIGKILLed trainer left such a worker running as an orphan until the step ended. Linux sends
+    the signal when the parent *thread* that started the worker ends, so only workers started
+    by the parent's main thread ask for it (a pool restarting a worker from a JAX callback
+    thread keeps the idle check alone). The pid check closes the race of a parent that died
+    before the ``prctl`` call: the worker then already has another parent.
+    """
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG (linux/prctl.h)
+        except (OSError, AttributeError):
+            pass
+    return os.getppid() == parent_pid
 
 
 def _serve(conn, command_sem, done_sem, group: EnvGroup, arrays: dict, config) -> None:

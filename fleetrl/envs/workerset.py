@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 from multiprocessing import shared_memory
 from typing import Any
@@ -137,6 +138,7 @@ class WorkerSet:
             os.getpid(),
             cpu,
             self.spin_seconds,
+            threading.current_thread() is threading.main_thread(),
         )
 
 
