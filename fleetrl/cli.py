@@ -10,10 +10,10 @@ import argparse
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
 from fleetrl.config import ConfigError
+from fleetrl.interrupts import release_and_exit
 from fleetrl.xla_cpu import use_one_xla_thread
 
 USAGE = """usage: fleetrl <command> ...
@@ -146,7 +146,6 @@ def use_one_core_for_vmapped_seeds() -> None:
     vmapped over seeds (2 of 3 runs of 16 seeds on our 2-core machine never returned); with one
     CPU, 5 of 5 ran (docs/BENCHMARKS.md, section 4). ``FLEETRL_VMAP_ONE_CORE=0`` opts out.
     """
-    import os
 
     if os.environ.get("FLEETRL_VMAP_ONE_CORE", "1") == "0" or not hasattr(os, "sched_setaffinity"):
         return
@@ -325,23 +324,15 @@ def _exit_on_ctrl_c(signum, frame) -> None:
     aborted the process (nanobind's ``std::terminate``); and an XLA compilation on a helper
     thread cannot be cancelled, so Python would wait for it at exit. Nothing is lost: committed
     checkpoints and the run directory's files are written atomically, the ``flock`` goes with
-    the process, and host-env worker pools are released here (should that not finish,
-    workers exit with their parent through ``PR_SET_PDEATHSIG`` and multiprocessing's resource
-    tracker unlinks the shared memory).
+    the process, and host-env worker processes are stopped first (`release_and_exit`).
     """
     try:  # the main thread may be inside a write to these very streams
         sys.stdout.flush()
-        print("\nfleetrl: interrupted; exiting without a new checkpoint", file=sys.stderr)
+        print("\nfleetrl: interrupted", file=sys.stderr)
         sys.stderr.flush()
     except (RuntimeError, OSError):
         pass
-    pool = sys.modules.get("fleetrl.envs.pool")
-    if pool is not None:  # stop the workers and free the shared memory ourselves, on a thread:
-        # the interrupted code may hold a lock the release needs, so give it up to 3 s
-        release = threading.Thread(target=pool.release_all, daemon=True)
-        release.start()
-        release.join(3.0)
-    os._exit(130)
+    release_and_exit(130)
 
 
 def run() -> None:

@@ -11,8 +11,6 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from fleetrl import checkpoint
-
 
 class CallWatchdog:
     """Turns a compiled call that never returns into a loud exit instead of a silent hang.
@@ -54,12 +52,35 @@ class CallWatchdog:
 
 def exit_now(code: int, message: str, run_dir: Path | None, advice: str = "") -> None:
     """Print ``message`` with the last committed checkpoint, then end the process at once (from
-    any thread; a hung main thread cannot stop it)."""
+    any thread; a hung main thread cannot stop it), see `release_and_exit`."""
+    from fleetrl import checkpoint
+
     latest = checkpoint.latest(run_dir) if run_dir else None
     sys.stderr.write(
         f"\nfleetrl: {message}. Last committed checkpoint: {latest or 'none'}.{advice}\n"
     )
     sys.stderr.flush()
+    release_and_exit(code)
+
+
+RELEASE_SECONDS = 5.0
+"""How long an exit waits for host-env workers to close their envs (1 s, then SIGTERM, then
+SIGKILL: `fleetrl.envs.workerset.release`)."""
+
+
+def release_and_exit(code: int) -> None:
+    """``os._exit(code)``, after stopping host-env worker processes the way ``close()`` does
+    (each closes its envs: a simulator it started, a video it records) and unlinking their
+    shared memory. The release runs on a thread, given `RELEASE_SECONDS`: the interrupted
+    thread may hold a lock it needs. Workers still alive then die with this process
+    (``PR_SET_PDEATHSIG``). In-process envs are left alone: another thread (XLA's callback)
+    may be stepping them."""
+    pool = sys.modules.get("fleetrl.envs.pool")  # only if host envs were built; no import here
+    release_all = getattr(pool, "release_all", None)  # None while pool.py is being imported
+    if release_all is not None:
+        release = threading.Thread(target=release_all, daemon=True)
+        release.start()
+        release.join(RELEASE_SECONDS)
     os._exit(code)
 
 

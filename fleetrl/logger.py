@@ -59,6 +59,8 @@ def _records_until(path: Path, step: int) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
+            record = None
+        if not isinstance(record, dict):
             bad.append(number)
             continue
         if record.get("step", 0) <= step:

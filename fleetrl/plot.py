@@ -100,11 +100,18 @@ def experiment(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a flattened config that change what a run learns: all but the seeds,
     logging, and what a resume may change (`fleetrl.train.RESUME_MAY_CHANGE`), except
     ``train.total_steps``, which sets the learning-rate and exploration schedules."""
+    from types import SimpleNamespace
+
+    from fleetrl.envs import resolve_backend
     from fleetrl.train import RESUME_MAY_CHANGE
 
     ignored = ("train.seed", "train.num_seeds")
     ignored += tuple(k for k in RESUME_MAY_CHANGE if k != "train.total_steps")
-    return {k: v for k, v in config.items() if not k.startswith(ignored)}
+    kept = {k: v for k, v in config.items() if not k.startswith(ignored)}
+    if "env.backend" in kept:  # where the env ran: runs from when gymnax was the default say so
+        env = SimpleNamespace(id=kept.get("env.id"), backend=kept["env.backend"])
+        kept["env.backend"] = resolve_backend(env)
+    return kept
 
 
 def _as_row(value: object, metric: str, step: object) -> np.ndarray | None:
@@ -215,7 +222,11 @@ def load_curves(
     curves = []
     for members in groups.values():
         first = members[0]
-        label = _label(experiments[first], experiments) if first in experiments else first.name
+        label = (
+            _label(experiments[first], experiments)
+            if first in experiments
+            else first.resolve().name
+        )
         steps, values = _align([parts[d] for d in members])
         curves.append(Curve(label, steps, values, tuple(members)))
     return curves

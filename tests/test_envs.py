@@ -57,6 +57,14 @@ def test_pendulum_truncates_at_time_limit_and_never_terminates():
     assert not terminated.any()
     assert truncated[199].all() and truncated.sum() == 3
     assert np.all(np.asarray(steps[199][1].episode_length) == 200)
+    # final_obs is the state the 200th step reached (one step of at most 8 rad/s x 0.05 s from
+    # the last one), for bootstrapping; obs is already the next episode's reset
+    prev_obs, ts = steps[199]
+    angle = lambda obs: np.arctan2(np.asarray(obs)[:, 1], np.asarray(obs)[:, 0])
+    turned = np.angle(np.exp(1j * (angle(ts.final_obs) - angle(prev_obs))))
+    assert np.all(np.abs(turned) <= 0.4 + 1e-5)
+    assert not np.allclose(ts.final_obs, ts.obs)
+    np.testing.assert_array_equal(steps[198][1].final_obs, steps[198][1].obs)
 
 
 def test_continuous_actions_are_clipped_to_bounds():

@@ -33,12 +33,13 @@ def test_resume_drops_later_records_and_a_cut_off_last_line(tmp_path, capsys):
 
 def test_resume_keeps_a_copy_of_a_damaged_file(tmp_path, capsys):
     path = tmp_path / "metrics.jsonl"
-    path.write_text('{"step": 100}\nnot json\n{"step": 200}\n')
+    damaged = '{"step": 100}\nnot json\n7\n{"step": 200}\n'
+    path.write_text(damaged)
     RunLogger(tmp_path, num_seeds=1, tensorboard=False, resume_step=200).close()
     assert records(path) == [{"step": 100}, {"step": 200}]
     (copy,) = tmp_path.glob("metrics.jsonl.damaged-*")
-    assert copy.read_text() == '{"step": 100}\nnot json\n{"step": 200}\n'
-    assert "lines [2] are not JSON records" in capsys.readouterr().err
+    assert copy.read_text() == damaged
+    assert "lines [2, 3] are not JSON records" in capsys.readouterr().err
 
 
 def events(directory):

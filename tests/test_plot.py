@@ -196,6 +196,22 @@ def test_cadence_and_log_changes_still_group(tmp_path):
     assert only.summary().endswith("env steps 1,000..4,500 (fewer seeds after 3,000)")
 
 
+def test_runs_from_when_gymnax_was_the_default_backend_still_group(tmp_path):
+    old = cartpole(seed=1)
+    old = dataclasses.replace(old, env=dataclasses.replace(old.env, backend="gymnax"))
+    a = write_run(tmp_path / "s0", returns(0.0), cartpole(seed=0))  # backend: auto
+    b = write_run(tmp_path / "s1", returns(2.0), old)
+    (only,) = plot.load_curves([a, b])
+    assert only.run_dirs == (a, b)
+
+
+def test_a_relative_dir_without_config_is_labelled_by_its_name(tmp_path, monkeypatch):
+    run = write_run(tmp_path / "myrun", returns(0.0))
+    monkeypatch.chdir(run)
+    (only,) = plot.load_curves(["."])
+    assert only.label == "myrun"
+
+
 def test_align_interpolates_within_each_seed_and_keeps_null_gaps():
     a = (np.array([0.0, 10.0, 20.0]), np.array([[0.0], [np.nan], [20.0]]))
     b = (np.array([5.0, 15.0]), np.array([[1.0], [3.0]]))

@@ -486,6 +486,33 @@ def test_worker_inside_a_long_step_dies_with_its_parent(tmp_path):
             os.kill(worker, signal.SIGKILL)
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["watchdog", "ctrl-c"])
+def test_an_exit_that_skips_shutdown_still_closes_the_workers_envs(tmp_path, how):
+    """os._exit (a hung call's watchdog, Ctrl+C before training) releases the pools first:
+    each worker closes its envs (a simulator it started, a video it records)."""
+    closed = tmp_path / "closed"
+    exit_ = {
+        "watchdog": "from fleetrl.interrupts import exit_now; exit_now(3, 'test', None)",
+        "ctrl-c": "import os, signal; os.kill(os.getpid(), signal.SIGINT); time.sleep(10)",
+    }[how]
+    script = (
+        "import signal, time\n"
+        "from fleetrl.cli import _exit_on_ctrl_c\n"
+        "from fleetrl.envs.pool import EnvPool\n"
+        "signal.signal(signal.SIGINT, _exit_on_ctrl_c)\n"
+        f"kwargs = {{'close_path': {str(closed)!r}}}\n"
+        f"pool = EnvPool.from_id({FAKE!r}, 3, 1, env_kwargs=kwargs)\n"
+        "pool.reset()\n"
+        f"{exit_}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=45, cwd=os.getcwd())  # fmt: skip
+    assert done.returncode == {"watchdog": 3, "ctrl-c": 130}[how], done.stderr
+    assert "leaked" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(closed.read_text().split()) == ["0", "1", "2"]
+
+
 @pytest.mark.timeout(30)
 def test_a_pool_started_by_a_thread_outlives_the_thread(pools):
     # Linux's parent-death signal follows the thread that started a worker, not the process

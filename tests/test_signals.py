@@ -98,7 +98,6 @@ def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
     import psutil
 
     run_dir = tmp_path / "run"
-    shm_before = set(os.listdir("/dev/shm"))
     proc = start(
         run_dir,
         "--env.backend", "gymnasium",
@@ -114,6 +113,7 @@ def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
         else:
             wait_for(lambda: metrics_lines(run_dir) >= 2)
         children = workers()
+        shm = {m.path for m in psutil.Process(proc.pid).memory_maps() if "/dev/shm/" in m.path}
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -124,7 +124,7 @@ def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
         assert checkpoint.latest(run_dir) is not None
     _, alive = psutil.wait_procs(children, timeout=5)
     assert not alive, f"left running: {alive}"
-    assert set(os.listdir("/dev/shm")) - shm_before == set()
+    assert shm and not any(os.path.exists(path) for path in shm)  # the pool's, all unlinked
 
 
 @pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
@@ -207,13 +207,14 @@ def stalled(run_dir):
 
 def test_a_hung_evaluation_is_stopped_by_the_watchdog(tmp_path):
     run_dir = tmp_path / "run"
-    proc = start_hanging_eval(run_dir, "--train.call-timeout", "10")
+    # compilation waits under the same limit: 25 s leaves a loaded machine time to compile
+    proc = start_hanging_eval(run_dir, "--train.call-timeout", "25")
     try:
-        out, _ = proc.communicate(timeout=120)
+        out, _ = proc.communicate(timeout=150)
     finally:
         proc.kill()
     assert proc.returncode == 3, out
-    assert "an evaluation has not returned after 10 s" in out
+    assert "an evaluation has not returned after 25 s" in out
 
 
 def test_sigterm_while_an_env_hangs_exits_within_the_grace(tmp_path):

@@ -115,6 +115,12 @@ def test_eval_and_plot_commands(tiny, tmp_path, capsys):
     png = tmp_path / "curves.png"
     assert main(["plot", str(result.run_dir), "--out", str(png)]) == 0
     assert png.stat().st_size > 0
+    # the deterministic policy on envs seeded by ``seed``: the same seed, the same episodes
+    from fleetrl.evaluate import evaluate_run
+
+    first, again = evaluate_run(result.run_dir, 3), evaluate_run(result.run_dir, 3)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
 
 
 def test_run_directory_is_locked(tiny):

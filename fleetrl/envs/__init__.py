@@ -52,21 +52,16 @@ def _has(backend: str, env_id: str) -> bool:
         from fleetrl.envs.device import is_gymnax_id
 
         return is_gymnax_id(env_id)
-    if ":" in env_id or env_id in _gymnasium_ids():  # ":": module.path:ClassName
+    from fleetrl.envs.worker import register_atari
+
+    if ":" in env_id:  # module.path:ClassName
         return True
-    try:  # Atari ids (ALE/Pong-v5, PongNoFrameskip-v4) are registered by ale-py's import
-        import ale_py
-    except ImportError:
-        if env_id.startswith("ALE/"):
-            from fleetrl.config import ConfigError
+    if not register_atari(env_id) and env_id.startswith("ALE/"):
+        from fleetrl.config import ConfigError
 
-            raise ConfigError(
-                f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]'"
-            ) from None
-        return False
-    import gymnasium
-
-    gymnasium.register_envs(ale_py)
+        raise ConfigError(
+            f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]'"
+        )
     return env_id in _gymnasium_ids()
 
 

@@ -70,10 +70,19 @@ def _import_gymnax() -> Any:
 
 
 def is_gymnax_id(env_id: str) -> bool:
-    """Whether gymnax has ``env_id`` (checks the cheap classic-control list first)."""
+    """Whether gymnax has ``env_id``. Cheap checks first: importing all of gymnax takes ~2 s
+    and starts JAX's CPU client, which the CLI must configure before (fleetrl.xla_cpu), so a
+    gymnasium id (no gymnax id is one, classic control aside) never imports it."""
     if env_id in _CLASSIC_CONTROL:
         return True
-    if ":" in env_id:
+    if ":" in env_id or env_id.startswith("ALE/"):
+        return False
+    import gymnasium
+
+    from fleetrl.envs.worker import register_atari
+
+    register_atari(env_id)  # PongNoFrameskip-v4 and the like
+    if env_id in gymnasium.registry:
         return False
     return env_id in _import_gymnax().registered_envs
 

@@ -39,7 +39,8 @@ class FaultyEnv(gymnasium.Env):
     (each fault appends one byte, so the count survives process restarts). Step and reset
     numbers count calls since construction, from 1 (so an env with step or reset faults opts out
     of the pool's startup probe, which would count). ``exit_how``: "exit" (``os._exit(3)``) or
-    "sigkill"; only use these in worker processes.
+    "sigkill"; only use these in worker processes. ``close_path``: ``close()`` appends the
+    env index and a newline to that file (to see which envs were closed).
     """
 
     metadata = {"render_modes": []}
@@ -69,6 +70,7 @@ class FaultyEnv(gymnasium.Env):
         nonfinite_in: str = "obs",
         nonfinite_value: float = float("nan"),
         both_flags_at_step: int | None = None,
+        close_path: str | None = None,
     ):
         faults = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.faults = types.SimpleNamespace(**faults)
@@ -154,6 +156,11 @@ class FaultyEnv(gymnasium.Env):
         if f.both_flags_at_step == n:
             terminated = truncated = True
         return obs, reward, terminated, truncated, {}
+
+    def close(self) -> None:
+        if self.faults.close_path is not None:
+            with open(self.faults.close_path, "a") as closed:
+                closed.write(f"{self.env_index}\n")
 
     def _fault(self) -> bool:
         """Whether a fault may fire here now; records it in the counter file if so."""

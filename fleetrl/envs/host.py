@@ -24,7 +24,7 @@ import numpy as np
 
 from fleetrl.envs.callback import host_call
 from fleetrl.envs.pool import EnvPool, HostTimeStep
-from fleetrl.envs.worker import EnvFactory
+from fleetrl.envs.worker import EnvFactory, register_atari
 from fleetrl.types import Array, EnvSpec, TimeStep
 
 
@@ -48,13 +48,10 @@ def _atari(env_id: str, kwargs: dict[str, Any]) -> Any:
     with max-pooling, 84x84 grayscale, 4 stacked frames; ``ale-py`` ships the ROMs."""
     import gymnasium
 
-    try:
-        import ale_py
-    except ImportError:
+    if not register_atari(env_id):
         raise ImportError(
             f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]' (ale-py)"
-        ) from None
-    gymnasium.register_envs(ale_py)
+        )
     kwargs.setdefault("frameskip", 1)  # AtariPreprocessing skips frames itself
     env = gymnasium.make(env_id, **kwargs)
     env = gymnasium.wrappers.AtariPreprocessing(

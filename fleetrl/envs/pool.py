@@ -73,10 +73,14 @@ _RELEASES: list[weakref.finalize] = []  # each open pool's release, for `release
 
 
 def release_all() -> None:
-    """Stop every open pool's workers and free its shared memory: for an exit that skips the
-    interpreter's shutdown (``os._exit`` after Ctrl+C, fleetrl.cli)."""
+    """Stop every open pool's worker processes (each closes its envs) and free its shared
+    memory, leaving in-process envs alone: for an exit that skips the interpreter's shutdown
+    (`fleetrl.interrupts.release_and_exit`)."""
     for finalizer in list(_RELEASES):
-        finalizer()
+        found = finalizer.peek()
+        if found is not None:
+            _, _, (resources,), _ = found  # (pool, release, args, kwargs)
+            release(resources, in_process=False)
 
 
 class EnvPool:

@@ -55,7 +55,7 @@ class EnvFactory:
         kwargs = dict(self.env_kwargs)
         constructor = _import_attribute(self.env_id)
         if constructor is None:
-            _register_atari(self.env_id)
+            register_atari(self.env_id)
             if self.max_episode_steps is not None:
                 kwargs["max_episode_steps"] = self.max_episode_steps
             return gymnasium.make(self.env_id, **kwargs)
@@ -67,17 +67,19 @@ class EnvFactory:
         return env
 
 
-def _register_atari(env_id: str) -> None:
-    """Atari ids (``ALE/Pong-v5``, ``PongNoFrameskip-v4``) exist once ale-py is imported."""
+def register_atari(env_id: str) -> bool:
+    """Register ale-py's Atari ids (``ALE/Pong-v5``, ``PongNoFrameskip-v4``: they exist once
+    it is imported) unless gymnasium has ``env_id`` already; False when ale-py is missing."""
     import gymnasium
 
     if env_id in gymnasium.registry:
-        return
+        return True
     try:
         import ale_py
     except ImportError:  # gymnasium's error names the id; fleetrl.envs.check_env_id the fix
-        return
+        return False
     gymnasium.register_envs(ale_py)
+    return True
 
 
 def _import_attribute(env_id: str) -> Any:

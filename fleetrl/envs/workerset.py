@@ -187,11 +187,18 @@ class Resources:
         self.names: list[str] = []
 
 
-def release(resources: Resources, grace: float = CLOSE_GRACE_SECONDS) -> None:
-    """Stop every worker (ask, then SIGTERM, then SIGKILL) and unlink the shared memory."""
+def release(
+    resources: Resources, grace: float = CLOSE_GRACE_SECONDS, in_process: bool = True
+) -> None:
+    """Stop every worker (ask, then SIGTERM, then SIGKILL) and unlink the shared memory;
+    ``in_process=False``: leave the envs stepped in this process alone."""
     arrays, resources.arrays = resources.arrays, None
-    workers = [w for w in resources.workers if w is not None]
-    resources.workers = [None] * len(resources.workers)
+    workers = [
+        w
+        for w in resources.workers
+        if w is not None and (in_process or isinstance(w, ProcessWorker))
+    ]
+    resources.workers = [None if w in workers else w for w in resources.workers]
     for worker in workers:
         worker.request_close(arrays)
     del arrays
