@@ -300,6 +300,9 @@ def _dispatch(argv: list[str]) -> int:
         return int(exit_.code or 0) if isinstance(exit_.code, int) else 2
     except FileNotFoundError as error:
         return _error(str(error))
+    except BrokenPipeError:  # `fleetrl presets | head -3`: the reader left, as SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no error at exit
+        return 128 + signal.SIGPIPE
     except OSError as error:  # disk full, permissions: a message, not a traceback
         print(f"fleetrl: error: {error}", file=sys.stderr)
         return 1

@@ -28,6 +28,7 @@ from fleetrl.envs.errors import (
     EnvStepError,
     EnvTimeoutError,
     MismatchedSpacesError,
+    MissingDependencyError,
     OldGymApiError,
     UnsupportedEnvError,
     UnsupportedSpaceError,
@@ -643,6 +644,26 @@ def test_startup_probe_reports_an_env_failing_its_first_step_and_can_be_opted_ou
     pool.reset()
     with pytest.raises(EnvStepError, match="env 0 raised in step in-process at pool step 1"):
         pool.step(np.zeros(2, np.int64))
+
+
+class NeedsBox2D(gymnasium.Env):
+    """What gymnasium's LunarLander does without Box2D installed."""
+
+    def __init__(self):
+        raise gymnasium.error.DependencyNotInstalled(
+            "Box2D is not installed, you can install it by run `pip install swig` followed by "
+            '`pip install "gymnasium[box2d]"`'
+        )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_missing_package_is_one_line_naming_the_extra(pools, num_workers):
+    with pytest.raises(MissingDependencyError) as info:
+        pools(NeedsBox2D, 2, num_workers, from_id=False)
+    message = str(info.value)
+    assert "Box2D is not installed" in message and 'pip install "fleetrl[box2d]"' in message
+    assert len(message.splitlines()) == 1 and isinstance(info.value, ImportError)
 
 
 @pytest.mark.timeout(30)

@@ -50,6 +50,30 @@ class MismatchedSpacesError(UnsupportedEnvError, ValueError):
     """The envs of one pool do not all have the same spaces."""
 
 
+class MissingDependencyError(UnsupportedEnvError, ImportError):
+    """An env's constructor needs a package that is not installed (Box2D, mujoco, ale-py...)."""
+
+
+# what installs the packages gymnasium's env families import, as fleetrl extras
+_EXTRAS = {"box2d": "box2d", "mujoco": "mujoco", "ale_py": "atari", "ale-py": "atari"}
+
+
+def _missing_dependency(cause: BaseException | None, index: int, label: str, summary: str):
+    """A `MissingDependencyError` when ``cause`` says a package is missing, else None."""
+    missing = type(cause).__name__ == "DependencyNotInstalled" or isinstance(
+        cause, ModuleNotFoundError
+    )
+    if not missing:
+        return None
+    text = str(cause).lower()
+    extras = [extra for name, extra in _EXTRAS.items() if name in text]
+    hint = f'pip install "fleetrl[{extras[0]}]"' if extras else "install the package it names"
+    return MissingDependencyError(
+        f"env {index} ({label}) needs a package that is not installed: {summary}. Fix: {hint}",
+        index,
+    )
+
+
 class EnvResetError(EnvPoolError):
     """An env raised in ``reset``."""
 
@@ -165,6 +189,9 @@ def error_of(fault: Fault, phase: str, context: FaultContext, step: int, actions
     where = "in-process" if fault.slot in context.local_slots else f"in worker {fault.slot}"
     summary = text.strip().splitlines()[-1] if text.strip() else "?"
     if env_phase == "construct":
+        missing = _missing_dependency(cause, index, context.label, summary)
+        if missing is not None:
+            return missing
         error = EnvConstructionError(
             f"env {index} ({context.label}) failed to construct {where}: {summary}\n\n{text}",
             index,
