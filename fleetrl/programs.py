@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fleetrl import aot, envs, xla_cpu
+from fleetrl import aot, xla_cpu
 from fleetrl.config import LogConfig, RunConfig, dump_yaml
 from fleetrl.evaluate import make_evaluate
 from fleetrl.interrupts import CallWatchdog
@@ -131,12 +131,11 @@ def compile_program(
 
 def program_config(run: RunConfig) -> str:
     """What of ``run`` shapes its compiled programs (device envs), as YAML: seeds, evaluation
-    and checkpoint cadences, thread choices and logging left out; the env's backend resolved
-    (``auto`` and ``gymnax`` build the same programs)."""
+    and checkpoint cadences, thread choices and logging left out (``run`` as `train` passes it,
+    with its env backend resolved)."""
     return dump_yaml(
         dataclasses.replace(
             run,
-            env=dataclasses.replace(run.env, backend=envs.resolve_backend(run.env)),
             train=dataclasses.replace(
                 run.train,
                 seed=0,

@@ -76,9 +76,6 @@ def resume_changes(saved: RunConfig, run: RunConfig) -> list[str]:
 
     def flat(config: RunConfig) -> dict[str, Any]:
         data = to_dict(config)
-        # where the env runs, not how it was asked for: runs saved when gymnax was the default
-        # say "gymnax" where a preset now gives "auto"
-        data["env"]["backend"] = envs.resolve_backend(config.env)
         return {
             f"{section}.{key}": value
             for section in ("env", "train", "algo", "log")
@@ -113,9 +110,11 @@ def train(
     quiet).
     """
     started = time.time()
+    run = envs.with_resolved_backend(run)  # a preset's "auto" runs, and is saved, as resolved
     if resume and not allow_config_changes:
         saved_path = Path(resume) / "config.yaml"
-        changes = resume_changes(load_preset(str(saved_path)), run) if saved_path.is_file() else []
+        saved = load_preset(str(saved_path)) if saved_path.is_file() else None
+        changes = resume_changes(envs.with_resolved_backend(saved), run) if saved else []
         if changes:
             raise ConfigError(
                 f"--resume {resume}: the run was trained with other settings; resuming would "

@@ -14,6 +14,17 @@ def resolve_backend(config) -> str:
     return "gymnax" if is_gymnax_id(config.id) else "gymnasium"
 
 
+def with_resolved_backend(run):
+    """``run`` (a ``RunConfig``) with ``env.backend`` "auto" replaced by the backend it resolves
+    to: what a run records in config.yaml, resumes against and keys its programs by."""
+    import dataclasses
+
+    if run.env.backend != "auto":
+        return run
+    env = dataclasses.replace(run.env, backend=resolve_backend(run.env))
+    return dataclasses.replace(run, env=env)
+
+
 def check_env_id(env_id: str, backend: str) -> None:
     """``ConfigError`` naming ``env.id`` when ``backend`` ("gymnax", "gymnasium" or "auto") has
     no env ``env_id``: which ``--env.backend`` has it, or the closest ids either has.
