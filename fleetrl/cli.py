@@ -1,7 +1,9 @@
 """``fleetrl`` command line: train, presets, eval, plot.
 
-Usage errors exit with code 2; an interrupted training (Ctrl+C, SIGTERM) exits with 130 after
-writing a checkpoint.
+Exit codes: 0 done, 1 a runtime failure (an env error, divergence, a final checkpoint that could
+not be written), 2 a usage error (bad config, unknown or untrusted env, missing extra), 3 a
+compiled call or evaluation that never returned, 128 + the signal after Ctrl+C (130) or SIGTERM
+(143), with a checkpoint when the training loop was running.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ USAGE = """usage: fleetrl <command> ...
 
 commands:
   train <preset> [--section.key value ...]   train a preset (see `fleetrl presets`)
+  train <preset|--resume RUN_DIR> --trust-module MOD [...]
+                                             allow env.id MOD:ClassName from a preset or run
+                                             config (a module named by --env.id on the command
+                                             line is trusted; also: FLEETRL_TRUST_MODULES)
   train <preset> --log.run-dir DIR --resume auto [--allow-config-changes] [...]
                                              continue the run in DIR if there is one, else
                                              start it there (rerun the same command after a
@@ -29,11 +35,12 @@ commands:
                                              train.total_steps, the log/eval/checkpoint
                                              cadences and log.* may change unless allowed
   presets                                    list the presets, one line each
-  eval RUN_DIR [--episodes N]                evaluate a run's last checkpoint
+  eval RUN_DIR [--episodes N] [--trust-module MOD]
+                                             evaluate a run's last checkpoint
   plot RUN_DIR... --out curves.png [--metric NAME] [--no-group]
                                              learning curves, mean and 95% band over seeds
                                              (run dirs differing only in seed pooled)
-  visualize RUN_DIR --outdir DIR [--episodes N] [--seed S]
+  visualize RUN_DIR --outdir DIR [--episodes N] [--seed S] [--trust-module MOD]
                                              MP4 of each episode of the last checkpoint
 """
 
@@ -61,6 +68,36 @@ def parse_run_config(preset: str, overrides: list[str], prog: str):
     )
 
 
+def take_trust(argv: list[str]) -> list[str]:
+    """Remove ``--trust-module MOD`` from ``argv`` and trust ``MOD``; also trust the module of an
+    ``--env.id module:Class`` typed on this command line (`fleetrl.envs.trust`)."""
+    from fleetrl.envs import trust
+
+    rest, at = [], 0
+    while at < len(argv):
+        arg = argv[at]
+        if arg == "--trust-module" or arg.startswith("--trust-module="):
+            value = arg.partition("=")[2] if "=" in arg else None
+            if value is None:
+                if at + 1 >= len(argv):
+                    raise ConfigError("--trust-module: needs a module path")
+                value, at = argv[at + 1], at + 1
+            trust.trust_modules(value)
+        else:
+            if arg in ("--env.id", "--env-id") and at + 1 < len(argv):
+                value = argv[at + 1]
+            elif arg.startswith(("--env.id=", "--env-id=")):
+                value = arg.partition("=")[2]
+            else:
+                value = ""
+            module = trust.module_of(value)
+            if module:
+                trust.trust_modules(module)
+            rest.append(arg)
+        at += 1
+    return rest
+
+
 def cmd_train(argv: list[str]) -> int:
     from rich.console import Console
 
@@ -70,7 +107,7 @@ def cmd_train(argv: list[str]) -> int:
 
     resume = None
     allow_changes = "--allow-config-changes" in argv  # a resume may change any setting
-    argv = [arg for arg in argv if arg != "--allow-config-changes"]
+    argv = take_trust([arg for arg in argv if arg != "--allow-config-changes"])
     if argv and argv[0] == "--resume":
         if len(argv) < 2:
             return _error("--resume needs a run directory")
@@ -119,6 +156,11 @@ def cmd_train(argv: list[str]) -> int:
         console=console if run.log.progress else None,
     )
     print_summary(console, result)
+    return _exit_code(result)
+
+
+def _exit_code(result) -> int:
+    """The exit code of a finished `train`, with a line on stderr for a failure."""
     if result.status == "diverged":
         from fleetrl import checkpoint
 
@@ -136,7 +178,9 @@ def cmd_train(argv: list[str]) -> int:
             file=sys.stderr,
         )
         return 1
-    return 130 if result.status == "interrupted" else 0
+    if result.status == "interrupted":
+        return 128 + (result.signal or signal.SIGINT)  # 130 after Ctrl+C, 143 after SIGTERM
+    return 0
 
 
 def use_one_core_for_vmapped_seeds() -> None:
@@ -184,23 +228,46 @@ def cmd_presets(argv: list[str]) -> int:
     return 0
 
 
+def _add_trust_argument(parser) -> None:
+    parser.add_argument(
+        "--trust-module",
+        action="append",
+        default=[],
+        metavar="MOD",
+        help="allow the run's env.id MOD:ClassName (importing MOD runs its code)",
+    )
+
+
+def _trust(args) -> None:
+    from fleetrl.envs import trust
+
+    trust.trust_modules(*args.trust_module)
+
+
 def cmd_eval(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fleetrl eval")
     parser.add_argument("run_dir")
+    _add_trust_argument(parser)
     parser.add_argument("--episodes", type=int, default=None, help="episodes per seed")
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation envs")
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         return _error(f"--episodes: must be >= 1, got {args.episodes}")
-    from fleetrl.evaluate import evaluate_run
     from fleetrl.programs import enable_compilation_cache
+    from fleetrl.restore import evaluate_run
 
+    _trust(args)
     enable_compilation_cache()
-    returns, lengths = evaluate_run(args.run_dir, args.episodes, args.seed)
-    for i, (r, n) in enumerate(zip(returns, lengths, strict=True)):
+    result = evaluate_run(args.run_dir, args.episodes, args.seed)
+    for i, (r, n, done) in enumerate(zip(*result, strict=True)):
+        if not done.any():
+            print(f"seed {i}: no episode ended within {n.max()} steps ({r.size} episodes)")
+            continue
+        cut = "" if done.all() else f"; {r.size - done.sum()} did not end within {n.max()} steps"
+        r, n = r[done], n[done]
         print(
             f"seed {i}: return {r.mean():.2f} +- {r.std():.2f}, length {n.mean():.1f} "
-            f"({r.size} episodes)"
+            f"({r.size} episodes{cut})"
         )
     return 0
 
@@ -239,6 +306,7 @@ def cmd_plot(argv: list[str]) -> int:
 def cmd_visualize(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="fleetrl visualize")
     parser.add_argument("run_dir")
+    _add_trust_argument(parser)
     parser.add_argument("--outdir", required=True, help="folder for the MP4s and episodes.json")
     parser.add_argument("--episodes", type=int, default=None, help="default: eval_episodes, <= 5")
     parser.add_argument("--seed", type=int, default=0, help="episode i is reset with seed + i")
@@ -248,6 +316,7 @@ def cmd_visualize(argv: list[str]) -> int:
     from fleetrl.programs import enable_compilation_cache
     from fleetrl.visualize import VideoError, visualize_run
 
+    _trust(args)
     enable_compilation_cache()
     try:
         episodes = visualize_run(args.run_dir, args.outdir, args.episodes, args.seed)
@@ -282,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
         return _error(f"unknown command {argv[0]!r}.{hint}\n{USAGE}")
     try:
         return _dispatch(argv)
-    except KeyboardInterrupt:  # called from Python (the program exits in `_exit_on_ctrl_c`)
+    except KeyboardInterrupt:  # called from Python (the program exits in `_exit_on_signal`)
         print(f"fleetrl: interrupted during `{argv[0]}`", file=sys.stderr)
         return 130
 
@@ -311,15 +380,22 @@ def _dispatch(argv: list[str]) -> int:
 
         if not isinstance(error, EnvPoolError):
             raise
-        _error(str(error))
+        _error(with_notes(error))
         # an env that fails is not a usage error; one the pool cannot run at all (old gym API,
         # spaces it does not support) is: no rerun helps
         return 2 if isinstance(error, UnsupportedEnvError) else 1
 
 
-def _exit_on_ctrl_c(signum, frame) -> None:
-    """SIGINT outside the training loop, which installs its own handler to checkpoint first
-    (fleetrl.interrupts.StopSignals): say so in a line and exit at once.
+def with_notes(error: BaseException) -> str:
+    """``str(error)`` and the notes added to it (``add_note``), which only tracebacks show."""
+    return "\n".join([str(error), *getattr(error, "__notes__", ())])
+
+
+def _exit_on_signal(signum, frame) -> None:
+    """SIGINT or SIGTERM outside the training loop, which installs its own handler to
+    checkpoint first (fleetrl.interrupts.StopSignals): say so in a line and exit at once with
+    128 + the signal (130, 143). SIGTERM's default action killed the process without a word
+    and without stopping host-env workers (the resource tracker then warned of leaks).
 
     Why not Python's KeyboardInterrupt: raised at an arbitrary bytecode, it was lost in 3 of 5
     Ctrl+C during startup (Python drops an exception raised inside a garbage-collector callback,
@@ -329,19 +405,22 @@ def _exit_on_ctrl_c(signum, frame) -> None:
     checkpoints and the run directory's files are written atomically, the ``flock`` goes with
     the process, and host-env worker processes are stopped first (`release_and_exit`).
     """
+    what = "interrupted" if signum == signal.SIGINT else f"stopped by {signal.Signals(signum).name}"
     try:  # the main thread may be inside a write to these very streams
         sys.stdout.flush()
-        print("\nfleetrl: interrupted", file=sys.stderr)
+        print(f"\nfleetrl: {what}", file=sys.stderr)
         sys.stderr.flush()
     except (RuntimeError, OSError):
         pass
-    release_and_exit(130)
+    release_and_exit(128 + signum)
 
 
 def run() -> None:
     """The ``fleetrl`` program (console script and ``python -m fleetrl``)."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where ignored
-        signal.signal(signal.SIGINT, _exit_on_ctrl_c)
+        signal.signal(signal.SIGINT, _exit_on_signal)
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_signal)
     sys.exit(main())
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.resources
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -60,6 +61,12 @@ class EnvConfig:
     """gymnasium: standard preprocessing wrappers (atari: 84x84 gray, frame skip 4, 4 stacked)."""
     step_timeout: float = 60.0
     """gymnasium: seconds a worker may take for one step before it counts as hung."""
+    start_timeout: float = 60.0
+    """gymnasium: seconds the envs may take to be built and probed (in worker processes or in
+    this process) before the start counts as hung."""
+    check_finite: bool = True
+    """gymnasium: a NaN or Inf observation or reward is an error naming the env (False: let it
+    through to the learner)."""
     on_error: Literal["raise", "restart"] = "raise"
     """gymnasium: on a failing or dead worker, stop the run (raise) or restart its envs."""
     max_restarts: int = 10
@@ -75,8 +82,10 @@ class EnvConfig:
             "env.num_workers",
             f"must be <= env.num_envs ({self.num_envs}), got {self.num_workers}",
         )
-        timeout, restarts = self.step_timeout, self.max_restarts
-        require(timeout > 0, "env.step_timeout", f"must be > 0, got {timeout}")
+        for name in ("step_timeout", "start_timeout"):
+            value = getattr(self, name)
+            require(value > 0, f"env.{name}", f"must be > 0, got {value}")
+        restarts = self.max_restarts
         require(restarts >= 0, "env.max_restarts", f"must be >= 0, got {restarts}")
         self.env_kwargs()
 
@@ -84,10 +93,7 @@ class EnvConfig:
         """``kwargs`` parsed: a dict of keyword arguments for the env constructor."""
         if not self.kwargs.strip():
             return {}
-        try:
-            value = yaml.safe_load(self.kwargs)
-        except yaml.YAMLError as error:
-            raise ConfigError(f"env.kwargs: not a YAML mapping: {error}") from None
+        value = load_yaml(self.kwargs, "env.kwargs")
         require(isinstance(value, dict), "env.kwargs", f"expected a mapping, got {self.kwargs!r}")
         return value
 
@@ -101,8 +107,9 @@ class TrainConfig:
     log_every env steps, rounded down to whole iterations, at least one)."""
     num_steps: int = 128
     """Steps per env in one rollout; one iteration = num_envs x num_steps env steps."""
-    seed: int = 0
-    """Seed of the first run; seed i of num_seeds uses seed + i."""
+    seed: int | None = None
+    """Seed of the first run; seed i of num_seeds uses seed + i. Omitted: drawn at random when
+    the run starts, printed, and recorded in the run's config.yaml (so the run replays)."""
     num_seeds: int = 1
     """Independent seeds trained in one compiled program (vmap)."""
     log_every: int = 10_000
@@ -139,7 +146,10 @@ class TrainConfig:
         for name in ("eval_every", "checkpoint_every", "eval_max_steps"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
-        require(self.seed >= 0, "train.seed", f"must be >= 0, got {self.seed}")
+        seed = self.seed
+        require(
+            seed is None or 0 <= seed < 2**31, "train.seed", f"must be in 0..2^31-1, got {seed}"
+        )
         for name in ("call_timeout", "stop_grace"):
             value = getattr(self, name)
             require(value >= 0, f"train.{name}", f"must be >= 0, got {value}")
@@ -196,6 +206,8 @@ class RunConfig(Generic[A]):
     def __post_init__(self):
         from fleetrl.algos import get_algorithm
 
+        for section in ("env", "train", "log", "algo"):
+            check_values(getattr(self, section), section)
         get_algorithm(self.algorithm).check_config(self)
 
     @property
@@ -214,6 +226,15 @@ class RunConfig(Generic[A]):
         needed = -(-self.train.total_steps // self.steps_per_iteration)
         per_call = self.iterations_per_call
         return -(-needed // per_call) * per_call
+
+
+def check_values(section: Any, name: str) -> None:
+    """What every config field must satisfy, whatever its section: numbers are finite (an
+    ``inf`` learning rate passes ``> 0``; ``nan`` passes no comparison but fails none)."""
+    for f in dataclasses.fields(section):
+        value = getattr(section, f.name)
+        if isinstance(value, float):
+            require(math.isfinite(value), f"{name}.{f.name}", f"must be finite, got {value}")
 
 
 _SECTIONS = {"env": EnvConfig, "train": TrainConfig, "log": LogConfig}
@@ -277,8 +298,12 @@ def _coerce(value: Any, hint: Any, name: str) -> Any:
 
 def build_section(cls: type, data: dict[str, Any] | None, section: str) -> Any:
     """Build a frozen config dataclass from a dict, rejecting unknown keys by name."""
+    require(
+        data is None or isinstance(data, dict),
+        section,
+        f"expected a mapping of {section} settings, got {_short(data)}",
+    )
     data = dict(data or {})
-    require(isinstance(data, dict), section, f"expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -300,7 +325,14 @@ def config_from_dict(data: dict[str, Any], preset: str) -> RunConfig:
                 f"{key}: unknown top-level key in {preset}.{_suggest(key, list(_TOP_LEVEL))}"
             )
     name = data.get("algorithm")
-    require(name in ALGORITHMS, "algorithm", f"must be one of {sorted(ALGORITHMS)}, got {name!r}")
+    require(
+        isinstance(name, str) and name in ALGORITHMS,
+        "algorithm",
+        f"must be one of {sorted(ALGORITHMS)}, got {_short(name)}",
+    )
+    for key in ("preset", "description", "reaches"):
+        value = data.get(key, "")
+        require(isinstance(value, str), key, f"expected a string, got {_short(value)}")
     algo_cls = get_algorithm(name).Config
     return RunConfig(
         algorithm=name,
@@ -314,6 +346,45 @@ def config_from_dict(data: dict[str, Any], preset: str) -> RunConfig:
     )
 
 
+def _short(value: Any) -> str:
+    """``repr`` of a value from a file, cut short: a hostile one may be huge."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"{text[:77]}..."
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest preset or run config read (1 MiB; ours are under 2 KiB): a bound before parsing."""
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` without aliases: ``*name`` re-uses an anchored node, so a few hundred
+    bytes of nested aliases expand into billions of values when the result is walked (a
+    455-byte preset ran past 120 s). Presets and run configs never need them."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None,
+                None,
+                f"found the alias *{event.anchor}: fleetrl configs do not take YAML aliases "
+                "(write the value out instead)",
+                event.start_mark,
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """Parse a preset, run config or ``env.kwargs``: safe tags only (no ``!!python/...``), no
+    aliases, at most `MAX_CONFIG_BYTES`; ConfigError naming ``source`` otherwise."""
+    size = len(text.encode(errors="replace"))
+    require(size <= MAX_CONFIG_BYTES, source, f"{size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}")
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no python tags
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: invalid YAML: {error}") from None
+
+
 def preset_names() -> list[str]:
     folder = importlib.resources.files("fleetrl.presets")
     return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
@@ -325,7 +396,12 @@ def read_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ConfigError(f"preset: no such file {name_or_path}")
-        text, name = path.read_text(), path.stem
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:  # checked before reading: the file may be any size
+            raise ConfigError(
+                f"preset {name_or_path}: {size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}"
+            )
+        text, name = path.read_text(errors="replace"), path.stem
     else:
         names = preset_names()
         if name_or_path not in names:
@@ -334,11 +410,7 @@ def read_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
             )
         text = (importlib.resources.files("fleetrl.presets") / f"{name_or_path}.yaml").read_text()
         name = name_or_path
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"preset {name_or_path}: invalid YAML: {error}") from None
-    return data, name
+    return load_yaml(text, f"preset {name_or_path}"), name
 
 
 def load_preset(name_or_path: str) -> RunConfig:

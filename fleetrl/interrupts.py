@@ -46,16 +46,22 @@ class CallWatchdog:
             "or networks: lower train.log_every or raise train.call_timeout), an env hangs, or "
             "XLA:CPU wedged, as it occasionally does with several vmapped seeds",
             self.run_dir,
-            f" Continue with: fleetrl train --resume {self.run_dir}",
+            resume_advice=True,
         )
 
 
-def exit_now(code: int, message: str, run_dir: Path | None, advice: str = "") -> None:
-    """Print ``message`` with the last committed checkpoint, then end the process at once (from
-    any thread; a hung main thread cannot stop it), see `release_and_exit`."""
+def exit_now(code: int, message: str, run_dir: Path | None, resume_advice: bool = False) -> None:
+    """Print ``message`` with the last committed checkpoint (and, with ``resume_advice``, how to
+    continue from it), then end the process at once (from any thread; a hung main thread cannot
+    stop it), see `release_and_exit`."""
     from fleetrl import checkpoint
 
     latest = checkpoint.latest(run_dir) if run_dir else None
+    advice = ""
+    if resume_advice and latest:
+        advice = f" Continue with: fleetrl train --resume {run_dir}"
+    elif resume_advice:  # `--resume` would fail: nothing to continue from
+        advice = " No checkpoint to continue from: run the same command again to start over."
     sys.stderr.write(
         f"\nfleetrl: {message}. Last committed checkpoint: {latest or 'none'}.{advice}\n"
     )
@@ -82,6 +88,13 @@ def release_and_exit(code: int) -> None:
         release.start()
         release.join(RELEASE_SECONDS)
     os._exit(code)
+
+
+STOP_REQUESTED = threading.Event()
+"""Set from the first SIGINT/SIGTERM seen by `StopSignals` until it exits: host envs stop
+waiting for a hung worker when it is set (``EnvPool(should_stop=...)``), so that the run stops
+within ``train.stop_grace`` with a checkpoint instead of after ``env.step_timeout`` with an
+error (reliability case L1)."""
 
 
 class StopSignals:
@@ -123,13 +136,16 @@ class StopSignals:
         return self
 
     def _handle(self, signum, frame):
-        """Main thread, when it runs Python: stop the loop; a further signal kills at once."""
-        for sig in self._previous:
-            signal.signal(sig, signal.SIG_DFL)
+        """Main thread, when it runs Python: stop the loop. The handler stays installed: a
+        second signal exits through `_seen` (the watcher's, or here without one) after
+        stopping host-env workers, with a message; the default action (SIGTERM's above all)
+        killed the process silently and left the workers' semaphores to the resource
+        tracker's warnings."""
         if self._sockets is None:  # no watcher: count here
             self._seen(signum)
         elif self.received is None:
             self.received = signum
+        STOP_REQUESTED.set()
         if self._on_signal:
             self._on_signal(signum)
 
@@ -153,6 +169,7 @@ class StopSignals:
             first = self._count == 1
             if self.received is None:
                 self.received = signum
+        STOP_REQUESTED.set()
         if first and self._grace > 0:
             threading.Thread(target=self._deadline, args=(signum,), daemon=True).start()
         if not first:  # only reaches us while our handler was still installed: it never ran
@@ -172,6 +189,7 @@ class StopSignals:
 
     def __exit__(self, *exc):
         self._finished.set()
+        STOP_REQUESTED.clear()
         try:
             if self._sockets:  # first, so that a signal landing below cannot strand it
                 signal.set_wakeup_fd(self._previous_fd)

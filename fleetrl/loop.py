@@ -14,8 +14,10 @@ import jax
 import numpy as np
 
 from fleetrl import checkpoint
-from fleetrl.config import RunConfig, dump_yaml
-from fleetrl.interrupts import CallWatchdog, StopSignals
+from fleetrl.build import host_metrics
+from fleetrl.config import RunConfig, dump_yaml, to_dict
+from fleetrl.envs.errors import EnvInterruptedError, EnvPoolError
+from fleetrl.interrupts import STOP_REQUESTED, CallWatchdog, StopSignals
 from fleetrl.programs import eval_keys, frozen_arg
 
 
@@ -37,6 +39,8 @@ class TrainResult:
     """Env steps per second summed over seeds, compiled calls only."""
     detail: str = ""
     """Why a ``diverged`` run stopped, or why an ``unsaved`` one could not save."""
+    signal: int | None = None
+    """The signal that stopped an ``interrupted`` run (SIGINT, SIGTERM)."""
 
 
 DIVERGED_STREAK = 64
@@ -65,6 +69,9 @@ class Loop:
         self.divergence: list[str] = []  # why the run diverged, if it did
         self.save_errors: list[str] = []  # checkpoints that could not be written (training on)
         self.warned_seeds: set[int] = set()
+        self.warned_unfinished = False
+        self.console, self.signal = None, None
+        self.saved_step = -1  # env steps of the last checkpoint this session committed
         self.eval_returns, self.last_eval_step = None, -1
         self.first_iteration = counters["iteration"]
         self.record_video = None
@@ -90,8 +97,13 @@ class Loop:
         with StopSignals(on_signal, self.run.train.stop_grace, self.run_dir) as signals:
             try:
                 while status == "completed" and not self._schedule_done():
-                    steps = self._call()
+                    try:
+                        steps = self._call()
+                    except EnvInterruptedError:
+                        status = "interrupted"
+                        break
                     status = self._after_call(steps, progress, signals, stop_after_steps)
+                self.signal = signals.received
                 return self._finish(status)
             finally:
                 self.logger.close()
@@ -108,13 +120,18 @@ class Loop:
         # later calls: 20x the slowest call so far, at least the configured timeout / 5
         slowest = self.slowest
         self.watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
+        before = self.carry
         try:
             frozen = frozen_arg(run, counters["solved_returns"])
             self.carry, metrics = self.train_call(self.carry, *frozen)
             metrics = summarize(jax.device_get(metrics))
         finally:
             self.watchdog.stop()
-        metrics.update(host_metrics(self.env))
+        try:
+            metrics.update(host_metrics(self.env))
+        except EnvInterruptedError:  # a signal cut a host env's step short: the call trained
+            self.carry = before  # on zeros from then on, so the run keeps the state before it
+            raise
         call_time = time.time() - call_start
         self.slowest, self.run_time = max(slowest, call_time), self.run_time + call_time
         counters["iteration"] += run.iterations_per_call
@@ -150,10 +167,12 @@ class Loop:
             and steps >= counters["next_checkpoint"]
             and not _all_skipping(metrics)  # keep the checkpoints from before
         ):
-            if not self._save():
-                return "diverged"
+            # advanced first: the checkpoint records the next one, so that a run resumed from
+            # it does not write the same checkpoint again at its first call
             while counters["next_checkpoint"] <= steps:
                 counters["next_checkpoint"] += run.train.checkpoint_every
+            if not self._save():
+                return "diverged"
         if signals.received is not None:
             return "interrupted"
         if stop_after_steps is not None and steps >= stop_after_steps:
@@ -173,6 +192,8 @@ class Loop:
             return "diverged"
         if status == "diverged":
             return status
+        if self.saved_step == steps:  # a periodic checkpoint of this very state
+            return status
         errors_before = len(self.save_errors)
         if not self._save():
             return "diverged"
@@ -182,7 +203,9 @@ class Loop:
 
     def _evaluate(self, steps: int) -> np.ndarray:
         """Evaluate every seed and log it; the returns, a solved seed's the one that solved it
-        (see `note_solved`)."""
+        (see `note_solved`). The mean is over the episodes that ended: NaN, with a warning,
+        when none did (an env that never ends) or when a host eval env failed (a crash, a
+        hung step past ``env.step_timeout``): training goes on (reliability case F12)."""
         run = self.run
         self.watchdog.start(run.train.call_timeout, "an evaluation")  # a host env may hang in it
         try:
@@ -191,19 +214,60 @@ class Loop:
             )
         finally:  # an exception must not leave the watchdog to kill the process later
             self.watchdog.stop()
-        host_metrics(self.eval_env)
-        mean = returns.mean(axis=1)
+        finished = np.asarray(finished, bool)
+        try:
+            host_metrics(self.eval_env)
+        except EnvInterruptedError:  # a stop signal cut it short: no evaluation, the run stops
+            return np.full(self.num_seeds, np.nan, np.float32)
+        except EnvPoolError as error:
+            finished = np.zeros_like(finished)  # what came back after the failure is zeros
+            self._eval_failed(steps, error)
+        else:
+            if not finished.all():
+                self._warn_unfinished(steps, finished)
+        mean, mean_length = finished_means(returns, lengths, finished)
         self.logger.write(
             steps,
             {
                 "eval/episodic_return": mean,
-                "eval/episodic_length": lengths.mean(1),
+                "eval/episodic_length": mean_length,
                 "eval/finished_fraction": finished.mean(1),
             },
         )
         solved, reported = note_solved(self.counters["solved_returns"], mean, self.threshold)
         self.counters["solved_returns"] = solved
         return reported
+
+    def _eval_failed(self, steps: int, error: EnvPoolError) -> None:
+        """A host eval env failed: warn, and replace its envs for the next evaluation (unless
+        a stop signal arrived: the run is stopping)."""
+        if STOP_REQUESTED.is_set():
+            return
+        first = str(error).splitlines()[0]
+        self._warn(
+            f"the evaluation at step {steps:,} failed ({type(error).__name__}: {first}); "
+            "eval/episodic_return is NaN for it and training goes on"
+        )
+        self.eval_env.restart()
+
+    def _warn_unfinished(self, steps: int, finished: np.ndarray) -> None:
+        if self.warned_unfinished:
+            return
+        self.warned_unfinished = True
+        limit = self.run.train.eval_max_steps or self.eval_env.spec.max_episode_steps or 1000
+        self._warn(
+            f"at step {steps:,}, {int((~finished).sum())} of {finished.size} evaluation episodes "
+            f"did not end within {limit} steps (train.eval_max_steps, or the env's time limit); "
+            "eval/episodic_return averages those that ended, NaN where none did "
+            "(eval/finished_fraction); said once"
+        )
+
+    def _warn(self, message: str) -> None:
+        message = f"fleetrl: warning: {message}"
+        if self.console:
+            self.console.print(message, markup=False)
+        else:
+            print(message, file=sys.stderr)
 
     def _save(self) -> bool:
         """Commit a checkpoint; refuse (False) when a parameter is NaN or Inf."""
@@ -217,20 +281,24 @@ class Loop:
             return False
         meta = {
             "counters": counters,
+            "config": to_dict(self.run),  # what resume compares with (see fleetrl.train)
             "config_sha256": config_hash(self.run),
             "env_id": self.run.env.id,
             "num_seeds": self.num_seeds,
         }
         try:
             checkpoint.save(run_dir, counters["env_steps"], {"carry": self.carry}, meta)
-        except OSError as error:  # disk full, quota, permissions: the previous one stays
-            message = (
-                f"fleetrl: warning: could not write the checkpoint of step "
-                f"{counters['env_steps']:,} in {run_dir / 'checkpoints'}: {error}; the last "
-                f"committed one ({checkpoint.latest(run_dir) or 'none'}) is intact"
-            )
+            self.saved_step = counters["env_steps"]
+        except checkpoint.CheckpointWriteError as error:  # disk full, quota, permissions
+            message = f"fleetrl: warning: {error}"  # names the bytes needed, the intact one
             print(message, file=sys.stderr)
             self.save_errors.append(message)
+        except OSError as error:  # committed; removing the oldest one (retention) failed
+            print(
+                f"fleetrl: warning: the checkpoint of step {counters['env_steps']:,} is "
+                f"committed, but removing older ones failed: {error}",
+                file=sys.stderr,
+            )
         return True
 
     def result(self, status: str, compile_time: float, started: float) -> TrainResult:
@@ -250,8 +318,12 @@ class Loop:
             compile_time,
             steps_here / self.run_time if self.run_time > 0 else math.nan,
             details.get(status, ""),
+            self.signal if status == "interrupted" else None,
         )
-        _write_summary(result)
+        try:
+            _write_summary(result)
+        except OSError as error:  # a full disk: the run's outcome is still reported
+            self._warn(f"could not write {self.run_dir / 'summary.json'}: {error}")
         return result
 
 
@@ -272,14 +344,6 @@ def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def host_metrics(env) -> dict[str, np.ndarray]:
-    """Re-raise a host env's error from the last call; its counters as metrics (host envs)."""
-    if not hasattr(env, "raise_if_failed"):
-        return {}
-    env.raise_if_failed()
-    return {name: np.array([value]) for name, value in env.host_metrics().items()}
-
-
 def config_hash(run: RunConfig) -> str:
     return hashlib.sha256(dump_yaml(run).encode()).hexdigest()
 
@@ -296,6 +360,16 @@ def solved_returns(
     return [r if kept and r is not None and r >= threshold else None for r in saved]
 
 
+def finished_means(returns, lengths, finished) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, the mean return and length of the episodes that ended (``[S, E]`` in; NaN for
+    a seed none of whose episodes ended)."""
+    count = finished.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finished, returns, 0.0).sum(axis=1) / count
+        mean_length = np.where(finished, lengths, 0).sum(axis=1) / count
+    return mean.astype(np.float32), mean_length.astype(np.float32)
+
+
 def note_solved(
     solved: list[float | None], returns: np.ndarray, threshold: float | None
 ) -> tuple[list[float | None], np.ndarray]:
@@ -303,8 +377,8 @@ def note_solved(
     ``threshold`` for the first time are recorded; a solved seed reports the return that
     solved it (it stopped learning then, see `make_train_call`)."""
     values = np.asarray(returns, dtype=float).tolist()
-    solved = [
-        r if r is not None or threshold is None or v < threshold else v
+    solved = [  # `not v >= threshold`: a NaN evaluation (no episode ended) solves nothing
+        r if r is not None or threshold is None or not v >= threshold else v
         for r, v in zip(solved, values, strict=True)
     ]
     reported = [r if r is not None else v for r, v in zip(solved, values, strict=True)]
@@ -382,9 +456,9 @@ def _write_summary(result: TrainResult) -> None:
         "status": result.status,
         **({"detail": result.detail} if result.detail else {}),
         "env_steps": result.env_steps,
-        "eval_returns": None
+        "eval_returns": None  # NaN (no evaluation episode ended) as null: strict JSON
         if result.eval_returns is None
-        else np.asarray(result.eval_returns).tolist(),
+        else [x if math.isfinite(x) else None for x in np.asarray(result.eval_returns).tolist()],
         "wall_time": result.wall_time,
         "compile_time": result.compile_time,
         "steps_per_second": result.steps_per_second,

@@ -18,9 +18,14 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import yaml
+
+from fleetrl.config import MAX_CONFIG_BYTES, ConfigError, load_yaml
+from fleetrl.safeio import UnsafeInputError, loads_json, read_bounded
 
 METRICS_FILE = "metrics.jsonl"
+MAX_METRICS_BYTES = 1 << 30
+"""Largest metrics.jsonl read (1 GiB; a 100M-step run logged every 10k steps writes ~10 MB): a
+run directory may come from elsewhere, so its size is checked before reading."""
 _RESERVED = ("step", "time")
 
 
@@ -57,13 +62,17 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
     path = Path(run_dir) / METRICS_FILE
     if not path.is_file():
         raise PlotError(f"run dir {run_dir}: no {METRICS_FILE} found at {path}")
-    lines = path.read_text(encoding="utf-8").split("\n")
+    try:
+        text = read_bounded(path, MAX_METRICS_BYTES, "metrics file").decode(errors="replace")
+    except UnsafeInputError as e:
+        raise PlotError(str(e)) from None
+    lines = text.split("\n")
     records = []
     for lineno, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = loads_json(line, source=f"{path}:{lineno}")
         except ValueError as e:
             if lineno == len(lines):  # no trailing newline: the line was cut off by a crash
                 warnings.warn(f"{path}:{lineno}: skipping incomplete last line", stacklevel=2)
@@ -85,9 +94,9 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise PlotError(f"{path}: invalid YAML: {e}") from None
+        data = load_yaml(read_bounded(path, MAX_CONFIG_BYTES, "config").decode(), str(path))
+    except (ConfigError, UnsafeInputError, UnicodeDecodeError) as e:
+        raise PlotError(str(e)) from None
     if not isinstance(data, dict):
         raise PlotError(f"{path}: expected a mapping, got {type(data).__name__}")
     flat = {"preset": data.get("preset"), "algorithm": data.get("algorithm")}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -50,9 +51,25 @@ def compilation_cache_dir() -> str | None:
 
 
 def enable_compilation_cache() -> None:
-    """Turn on JAX's persistent compilation cache in `compilation_cache_dir`."""
+    """Turn on JAX's persistent compilation cache in `compilation_cache_dir`, created private
+    (mode 0o700); a folder others may write to is refused with a warning, and the cache stays off.
+    """
     folder = compilation_cache_dir()
     if folder is None:
+        return
+    # The folder holds code this process runs: XLA executables (native code) in JAX's cache and
+    # fleetrl.aot's programs. Anyone who can write there runs code as this user, so, as ssh does
+    # with ~/.ssh, a folder writable by others or owned by someone else is not used.
+    try:
+        problem = aot.folder_problem(Path(folder))
+    except OSError as error:
+        problem = f"cannot create it ({error.strerror})"
+    if problem is not None:
+        print(
+            f"fleetrl: warning: compilation cache {folder} not used: {problem}; running without "
+            "it (or choose a folder of your own with FLEETRL_CACHE_DIR)",
+            file=sys.stderr,
+        )
         return
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
@@ -184,10 +201,15 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
     was: a seed that reached ``train.stop_at_return`` stops learning while the others go on.
     """
 
+    bounds = _clip_bounds(env)
+
     def iteration(carry: Carry, frozen):
         key, learn_key = jax.random.split(carry.key)
         env_carry, rollout = simulate(algo.policy, env, carry.algo_state, carry.env, num_steps)
         algo_state, metrics = algo.learn(carry.algo_state, rollout, learn_key)
+        if bounds is not None:  # device envs clip; host envs report the pool's own count
+            outside = (rollout.action < bounds[0]) | (rollout.action > bounds[1])
+            metrics["train/action_clip_fraction"] = jnp.mean(outside)
         if freezable:
             algo_state = jax.tree.map(
                 lambda old, new: jnp.where(frozen, old, new), carry.algo_state, algo_state
@@ -211,6 +233,17 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
     # No donate_argnums: with jax 0.10.2 on CPU, a donating executable loaded from the persistent
     # compilation cache hung forever on its second use in the same process (vmapped seeds).
     return jax.jit(over_seeds(call))
+
+
+def _clip_bounds(env):
+    """``(low, high)`` of a device env's continuous actions, which it clips to them (reliability
+    case I4: the clipped fraction is logged as ``train/action_clip_fraction``); else None."""
+    spec = env.spec
+    if spec.action_kind != "continuous" or hasattr(env, "raise_if_failed"):
+        return None
+    shape = spec.action_shape
+    low = np.asarray(spec.action_low, np.float32).reshape(shape)
+    return low, np.asarray(spec.action_high, np.float32).reshape(shape)
 
 
 def over_seeds(fn):

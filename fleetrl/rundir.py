@@ -12,16 +12,21 @@ import time
 from pathlib import Path
 
 from fleetrl.config import ConfigError, RunConfig, dump_yaml
+from fleetrl.safeio import UnsafeInputError, read_json
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, fsynced then renamed."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk: no half-written temporary left behind
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_run_dir(run: RunConfig) -> Path:
@@ -97,8 +102,14 @@ def write_config_and_metadata(run_dir: Path, run: RunConfig, command: list[str])
     metadata_path = run_dir / "metadata.json"
     history = []
     if metadata_path.exists():
-        previous = json.loads(metadata_path.read_text())
-        history = previous.pop("previous", []) + [previous]
+        try:  # bounded: the run directory may come from elsewhere
+            previous = read_json(metadata_path, 16 << 20, "metadata")
+        except (UnsafeInputError, OSError) as error:
+            previous = {"unreadable": str(error)[:500]}  # the run goes on; say what was there
+        if not isinstance(previous, dict):
+            previous = {"unreadable": f"a JSON {type(previous).__name__}, not an object"}
+        earlier = previous.pop("previous", [])
+        history = (earlier if isinstance(earlier, list) else []) + [previous]
     metadata = {
         "fleetrl_version": fleetrl.__version__,
         "jax_version": jax.__version__,

@@ -8,46 +8,21 @@ between calls.
 
 from __future__ import annotations
 
-import sys
+import dataclasses
+import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
 from fleetrl import checkpoint, envs
-from fleetrl.algos import get_algorithm
-from fleetrl.algos.guard import upgrade_checkpoint
-from fleetrl.config import ConfigError, RunConfig, load_preset, to_dict
+from fleetrl.build import build, close_envs, host_metrics
+from fleetrl.config import ConfigError, RunConfig, config_from_dict, load_preset, to_dict
 from fleetrl.logger import RunLogger
-from fleetrl.loop import Loop, TrainResult, host_metrics, solved_returns
+from fleetrl.loop import Loop, TrainResult, solved_returns
 from fleetrl.programs import Carry, compile_run, seed_keys, wait_compiled
+from fleetrl.restore import load_checkpoint
 from fleetrl.rundir import RunLock, new_run_dir, write_config_and_metadata
-
-
-def build(run: RunConfig):
-    """The training env, evaluation env and algorithm of ``run``; checks the env fits the algo."""
-    module = get_algorithm(run.algorithm)
-    if envs.resolve_backend(run.env) == "gymnasium" and run.train.num_seeds > 1:
-        raise ConfigError(
-            f"train.num_seeds: {run.train.num_seeds} seeds need a device (gymnax) env; a host "
-            "(gymnasium) env trains one seed per run. Start one run per seed instead."
-        )
-    env = envs.make(run.env)
-    try:
-        module.check_spec(env.spec)
-        # host envs: evaluation steps its few envs in this process
-        eval_env = envs.make(run.env, num_envs=run.train.eval_episodes, num_workers=0)
-    except BaseException:
-        close_envs(env)
-        raise
-    return env, eval_env, module.make(run, env.spec)
-
-
-def close_envs(*envs_) -> None:
-    """Close host envs (their worker processes and shared memory); device envs need nothing."""
-    for env in envs_:
-        if hasattr(env, "close"):
-            env.close()
-
 
 RESUME_MAY_CHANGE = (
     "train.total_steps",
@@ -111,19 +86,13 @@ def train(
     """
     started = time.time()
     run = envs.with_resolved_backend(run)  # a preset's "auto" runs, and is saved, as resolved
-    if resume and not allow_config_changes:
-        saved_path = Path(resume) / "config.yaml"
-        saved = load_preset(str(saved_path)) if saved_path.is_file() else None
-        changes = resume_changes(envs.with_resolved_backend(saved), run) if saved else []
-        if changes:
-            raise ConfigError(
-                f"--resume {resume}: the run was trained with other settings; resuming would "
-                "change " + "; ".join(changes) + ". Pass --allow-config-changes to resume "
-                "with them anyway (the run then no longer replays as one configuration)."
-            )
+    if resume:
+        run = _check_resume(run, Path(resume), allow_config_changes)
+    run = with_seed(run, console)
     env, eval_env, algo = build(run)  # bad input fails here, before a run directory exists
     try:
         run_dir = Path(resume) if resume else new_run_dir(run)
+        check_writable(run_dir / "checkpoints", "checkpoints")
         lock = RunLock(run_dir)
         try:
             compile_start = time.time()
@@ -148,12 +117,92 @@ def train(
         close_envs(env, eval_env)
 
 
+def with_seed(run: RunConfig, console=None) -> RunConfig:
+    """``run`` with ``train.seed`` drawn at random when it has none, said on the console: the
+    run records it in config.yaml and replays with it (reliability case I14; before, every
+    seedless run was seed 0, and two of them were the same run)."""
+    if run.train.seed is not None:
+        return run
+    seed = secrets.randbelow(2**31)
+    said = f"train.seed {seed} (drawn; --train.seed {seed} repeats the run)"
+    if console is not None:
+        console.print(said)
+    else:
+        print(said)
+    return dataclasses.replace(run, train=dataclasses.replace(run.train, seed=seed))
+
+
+def check_writable(folder: Path, what: str) -> None:
+    """Create ``folder`` and write a file in it, so that a folder that cannot take a checkpoint
+    is a usage error now, not a warning after hours of training (reliability case C6)."""
+    probe = folder / f".write-test-{os.getpid()}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"{what}: cannot write in {folder}: {error}") from None
+
+
+def _check_resume(run: RunConfig, run_dir: Path, allow_changes: bool) -> RunConfig:
+    """``run`` as the resumed run trains it: an unset seed is the saved one. Unless
+    ``allow_changes``, refuse (ConfigError, before any work) settings that differ from those
+    the newest checkpoint was trained with (and, for checkpoints that predate recording them,
+    from config.yaml and its sha256 in the checkpoint), outside `RESUME_MAY_CHANGE`; a hand
+    edit of config.yaml counts as a change (reliability case C11)."""
+    saved_path = run_dir / "config.yaml"
+    saved = load_preset(str(saved_path)) if saved_path.is_file() else None
+    if saved is not None and run.train.seed is None:
+        run = dataclasses.replace(run, train=dataclasses.replace(run.train, seed=saved.train.seed))
+    if allow_changes or saved is None:
+        return run
+    changes = resume_changes(envs.with_resolved_backend(saved), run)
+    trained_with, where = checkpoint_config(run_dir)
+    if trained_with is not None:
+        changes = resume_changes(envs.with_resolved_backend(trained_with), run) or changes
+    elif where is not None and not changes and where != _sha256(saved_path):
+        changes = [  # a checkpoint from before fleetrl recorded the config: its hash only
+            "config.yaml: its sha256 is not the one the newest checkpoint recorded (edited "
+            "by hand, or by a resume that wrote no checkpoint since)"
+        ]
+    if changes:
+        raise ConfigError(
+            f"--resume {run_dir}: the run was trained with other settings; resuming would "
+            "change " + "; ".join(changes) + ". Pass --allow-config-changes to resume "
+            "with them anyway (the run then no longer replays as one configuration)."
+        )
+    return run
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    from fleetrl.config import MAX_CONFIG_BYTES
+    from fleetrl.safeio import read_bounded
+
+    return hashlib.sha256(read_bounded(path, MAX_CONFIG_BYTES, "config")).hexdigest()
+
+
+def checkpoint_config(run_dir: Path) -> tuple[RunConfig | None, str | None]:
+    """The config the newest readable checkpoint of ``run_dir`` recorded (checkpoints since
+    this fleetrl record it whole), else ``(None, its config sha256 or None)``."""
+    for path in checkpoint.committed(run_dir):
+        try:
+            meta = checkpoint.read_meta(path)
+        except checkpoint.CheckpointDamagedError:
+            continue  # resume falls back past it too
+        if isinstance(meta.get("config"), dict):
+            return config_from_dict(meta["config"], "the checkpoint's config"), None
+        return None, meta.get("config_sha256")
+    return None, None
+
+
 def _start(
     run: RunConfig, run_dir: Path, env, init, resume, may_start: bool = False
 ) -> tuple[Carry, dict[str, Any]]:
     """The first carry and counters: fresh, or restored from the last checkpoint that loads
     (verified and loaded before anything in the run directory is rewritten; newer damaged
-    ones are set aside, with a warning)."""
+    ones are set aside, with a warning: `fleetrl.restore.load_checkpoint`)."""
     carry = init(seed_keys(run))
     host_metrics(env)
     num_seeds, threshold = run.train.num_seeds, run.train.stop_at_return
@@ -167,27 +216,13 @@ def _start(
     if not resume:
         return carry, counters
     checkpoint.clean_stale(run_dir)
-    candidates = checkpoint.committed(run_dir)
-    if not candidates:
+    if not checkpoint.committed(run_dir):
         if may_start:  # records of the attempt that never checkpointed are dropped (step 0)
             return carry, counters
         raise ConfigError(f"--resume: {run_dir} has no committed checkpoint to resume from")
-    damaged: list[tuple[Path, checkpoint.CheckpointError]] = []
-    for path in candidates:  # newest first; a damaged one falls back to the one before
-        try:
-            restored, meta = checkpoint.load(path, {"carry": carry}, upgrade_checkpoint)
-            break
-        except checkpoint.CheckpointDamagedError as error:  # not: a newer format, other shapes
-            damaged.append((path, error))
-    else:
-        raise damaged[0][1]  # none loads: report the newest
-    for path, error in damaged:
-        aside = checkpoint.set_aside(path)
-        print(
-            f"fleetrl: warning: {error}; set aside as {aside.name}; resuming from "
-            f"{candidates[len(damaged)].name}",
-            file=sys.stderr,
-        )
+    restored, meta, _ = load_checkpoint(
+        run_dir, {"carry": carry}, set_aside=True, purpose="resuming from"
+    )
     fresh_env, carry = carry.env, restored["carry"]
     if hasattr(env, "raise_if_failed"):  # host envs start new episodes on resume
         carry = carry._replace(env=fresh_env._replace(key=carry.env.key))

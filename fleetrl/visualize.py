@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 
-from fleetrl.algos.guard import upgrade_checkpoint
 from fleetrl.config import ConfigError
 
 Policy = Callable[[np.ndarray], np.ndarray]
@@ -257,30 +256,16 @@ def _play(env, env_id, policy, to_action, seed, path, fps, limit) -> tuple[float
 
 
 def _load_run(run_dir: str | Path):
-    """``(run, algo, spec, algo_state, step)`` of ``run_dir``'s last committed checkpoint;
-    ``algo_state`` keeps its leading seed axis. Loads as ``evaluate.evaluate_run`` does."""
-    import jax
+    """``(run, algo, spec, algo_state, step)`` of ``run_dir``'s newest loadable checkpoint
+    (`fleetrl.restore`); ``algo_state`` keeps its leading seed axis."""
+    from fleetrl.build import close_envs
+    from fleetrl.restore import load_run, read_config
 
-    from fleetrl import checkpoint
-    from fleetrl.config import load_preset
-    from fleetrl.programs import make_init, seed_keys
-    from fleetrl.train import build
-
-    config_path = Path(run_dir) / "config.yaml"
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: not found; is {run_dir} a run directory?")
-    run = load_preset(str(config_path))
+    run = read_config(run_dir)
     _render_target(run)  # fail before building anything
-    env, eval_env, algo = build(run)
-    for built in (env, eval_env):
-        getattr(built, "close", lambda: None)()
-    latest = checkpoint.latest(run_dir)
-    if latest is None:
-        raise ConfigError(f"{run_dir}: no committed checkpoint to visualize")
-    target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
-    restored, meta = checkpoint.load(latest, target, upgrade_checkpoint)
-    step = meta.get("counters", {}).get("env_steps", int(latest.name.removeprefix("step_")))
-    return run, algo, env.spec, restored["carry"].algo_state, int(step)
+    loaded = load_run(run_dir, run, purpose="rendering")
+    close_envs(loaded.env, loaded.eval_env)
+    return run, loaded.algo, loaded.env.spec, loaded.algo_state, loaded.step
 
 
 def make_numpy_policy(algo, spec, algo_state, seed_index: int = 0, jitted=None) -> Policy:
@@ -288,7 +273,8 @@ def make_numpy_policy(algo, spec, algo_state, seed_index: int = 0, jitted=None) 
 
     ``algo_state`` has a leading seed axis (``[num_seeds, ...]``, as in the training carry);
     seed ``seed_index`` acts. ``jitted``: a ``jit_policy(algo)`` to reuse its compilation.
-    Observations must have the shape the networks were built for (``spec.observation_shape``).
+    The policy takes a batch ``[N, *spec.observation_shape]`` or one observation (then it
+    returns one action); other shapes are a ConfigError naming both forms.
     """
     import jax
 
@@ -296,11 +282,17 @@ def make_numpy_policy(algo, spec, algo_state, seed_index: int = 0, jitted=None) 
     act = jitted or jit_policy(algo)
     key = np.zeros((2,), np.uint32)  # unused when explore=False, but part of the contract
 
+    shape = tuple(spec.observation_shape)
+
     def policy(obs: np.ndarray) -> np.ndarray:
-        if obs.shape[1:] != tuple(spec.observation_shape):
+        obs = np.asarray(obs)
+        if obs.shape == shape:  # one observation: its action, without a batch axis
+            return np.asarray(act(state, obs[None], key))[0]
+        if obs.ndim != len(shape) + 1 or obs.shape[1:] != shape:
             raise ConfigError(
-                f"{spec.env_id}: the gymnasium env's observation has shape {obs.shape[1:]}, "
-                f"the policy was trained on {tuple(spec.observation_shape)}"
+                f"{spec.env_id}: observation of shape {obs.shape}; the policy was trained on "
+                f"observations of shape {shape}: give one as {shape} or a batch as (N, "
+                f"{', '.join(map(str, shape))})"
             )
         return np.asarray(act(state, obs, key))
 

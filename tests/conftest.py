@@ -40,6 +40,7 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
         )
     spi = run.steps_per_iteration
     train_fields = dict(
+        seed=0,  # presets leave it unset (a seed is then drawn): tests compare runs
         total_steps=iterations * spi,
         log_every=spi,
         eval_every=spi,
@@ -63,6 +64,15 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
 @pytest.fixture
 def tiny(tmp_path):
     return lambda preset, **kw: tiny_run(preset, tmp_path, **kw)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def trusted_fake_envs():
+    """The fault-injection envs of `fleetrl.envs.fake` are named by id in runs built here (a
+    test of the trust gate itself runs the CLI in a fresh process)."""
+    from fleetrl.envs.trust import trust_modules
+
+    trust_modules("fleetrl.envs.fake")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -1,11 +1,19 @@
-"""Tests for fleetrl.checkpoint: round trip, damage detection, retention, crash safety."""
+"""Tests for fleetrl.checkpoint (round trip, damage detection, retention, crash safety, size
+limits, format versions, full disks) and fleetrl.safeio (bounded reads, bounded JSON)."""
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pickle
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -14,10 +22,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import struct
+from flax import serialization, struct
 
 from fleetrl import checkpoint as ckpt
+from fleetrl import safeio
 from fleetrl.checkpoint import CheckpointError
+from fleetrl.safeio import UnsafeInputError
 
 
 class Counters(NamedTuple):
@@ -147,7 +157,9 @@ def test_missing_manifest_refused(saved):
 
 def test_future_format_version_refused(saved):
     rewrite_manifest(saved, format_version=2)
-    with pytest.raises(CheckpointError, match=r"in format v2; this build \(.*\) reads <= v1"):
+    with pytest.raises(
+        CheckpointError, match=r"in format v2; this build \(.*\) reads v1\.\.v1: upgrade"
+    ):
         ckpt.load(saved, make_state())
 
 
@@ -295,3 +307,455 @@ def test_pickle_payload_never_executed(saved, tmp_path):
     except CheckpointError as e:
         assert str(saved / "state.msgpack") in str(e)
     assert not sentinel.exists()
+
+
+def test_read_meta_verifies_meta_without_reading_state(saved):
+    assert ckpt.read_meta(saved) == {"env_steps": 100}
+    os.truncate(saved / "state.msgpack", 2 << 30)  # neither read nor even size-checked
+    declare(saved, "state.msgpack", 2 << 30)
+    before = peak_rss_bytes()
+    assert ckpt.read_meta(saved) == {"env_steps": 100}
+    assert peak_rss_bytes() - before < 64 << 20
+    (saved / "meta.json").write_text('{"env_steps": 999}')  # same size, other bytes
+    with pytest.raises(ckpt.CheckpointDamagedError, match="meta.json: expected|checksum"):
+        ckpt.read_meta(saved)
+    rewrite_manifest(saved, format_version=7)
+    with pytest.raises(CheckpointError, match="in format v7; .* upgrade fleetrl"):
+        ckpt.read_meta(saved)
+
+
+# ------------------------------------------------------------ size limits before reading (S4)
+
+GIB2 = 2 << 30
+
+
+def peak_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def declare(step_dir: Path, name: str, size: int, sha256: str = "0" * 64) -> None:
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    manifest["files"][name] = {"sha256": sha256, "bytes": size}
+    (step_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_state_larger_than_target_refused_before_reading(saved):
+    # A sparse 2 GiB file costs no disk; reading it whole cost 2.3 GB of RSS before the bound.
+    f = saved / "state.msgpack"
+    os.truncate(f, GIB2)
+    declare(saved, "state.msgpack", GIB2)
+    before = peak_rss_bytes()
+    with pytest.raises(CheckpointError) as e:
+        ckpt.load(saved, make_state())
+    assert peak_rss_bytes() - before < 64 << 20
+    assert not isinstance(e.value, ckpt.CheckpointDamagedError)  # another run's shapes
+    msg = str(e.value)
+    assert str(f) in msg and "declares 2,147,483,648 bytes" in msg
+    bound, raw = ckpt._state_bound(serialization.to_state_dict(make_state()))
+    assert f"holds at most {bound:,}" in msg and f"{raw:,} bytes of arrays" in msg
+
+
+def test_state_file_larger_than_manifest_not_read(saved):
+    f = saved / "state.msgpack"
+    declared = f.stat().st_size
+    os.truncate(f, GIB2)
+    before = peak_rss_bytes()
+    with pytest.raises(ckpt.CheckpointDamagedError) as e:
+        ckpt.load(saved, make_state())
+    assert peak_rss_bytes() - before < 64 << 20
+    assert f"{f}: expected {declared} bytes, found {GIB2} bytes" in str(e.value)
+
+
+def test_huge_manifest_refused_before_reading(saved):
+    m = saved / "manifest.json"
+    os.truncate(m, GIB2)
+    before = peak_rss_bytes()
+    with pytest.raises(ckpt.CheckpointDamagedError) as e:
+        ckpt.load(saved, make_state())
+    assert peak_rss_bytes() - before < 64 << 20
+    msg = str(e.value)
+    assert str(m) in msg and "2,147,483,648 bytes exceeds the limit of 1,048,576" in msg
+
+
+def test_meta_declared_huge_refused(saved):
+    f = saved / "meta.json"
+    os.truncate(f, GIB2)
+    declare(saved, "meta.json", GIB2)
+    with pytest.raises(CheckpointError, match="declares 2,147,483,648 bytes; meta.json") as e:
+        ckpt.load(saved, make_state())
+    assert str(f) in str(e.value)
+
+
+def test_meta_that_load_would_refuse_is_never_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(ckpt, "META_LIMIT", 100)
+    with pytest.raises(ValueError, match="meta: .* bytes as JSON; at most 100"):
+        ckpt.save(tmp_path, 1, make_state(), {"notes": "x" * 100})
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("size", [-1, True, "12", 1.5, None])
+def test_declared_size_must_be_a_size(saved, size):
+    declare(saved, "state.msgpack", size)
+    with pytest.raises(CheckpointError, match="is not a size"):
+        ckpt.load(saved, make_state())
+
+
+def test_deeply_nested_manifest_refused(saved):
+    (saved / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ckpt.CheckpointDamagedError, match="nested deeper than 64") as e:
+        ckpt.load(saved, make_state())
+    assert str(saved / "manifest.json") in str(e.value)
+
+
+def test_deeply_nested_meta_refused(saved):
+    data = ("[" * 50_000 + "]" * 50_000).encode()
+    (saved / "meta.json").write_bytes(data)
+    declare(saved, "meta.json", len(data), hashlib.sha256(data).hexdigest())
+    with pytest.raises(ckpt.CheckpointDamagedError, match="nested deeper than 64") as e:
+        ckpt.load(saved, make_state())
+    assert str(saved / "meta.json") in str(e.value)
+
+
+def test_fifo_under_a_listed_name_does_not_hang(saved):
+    (saved / "state.msgpack").unlink()
+    os.mkfifo(saved / "state.msgpack")
+    with pytest.raises(ckpt.CheckpointDamagedError, match="not a regular file"):
+        ckpt.load(saved, make_state())
+
+
+def many_leaves_state() -> dict:
+    """Every leaf kind the bound must cover: 0-d, many dims, bf16, bool, long and unicode keys."""
+    return {
+        "k" * 200: {f"leaf_é_{i:04d}" * 8: jnp.float32(i) for i in range(300)},
+        "deep": jnp.zeros((1, 1, 1, 1, 1, 1, 1, 2), jnp.bfloat16),
+        "mask": jnp.ones((3,), bool),
+        "buffer": jnp.zeros((250_000, 4), jnp.float32),
+        "scalar": 1.5,
+    }
+
+
+@pytest.mark.parametrize("make", [make_state, many_leaves_state], ids=["train", "many_leaves"])
+def test_state_bound_admits_what_save_writes(tmp_path, make):
+    state = make()
+    bound, raw = ckpt._state_bound(serialization.to_state_dict(state))
+    size = len(serialization.to_bytes(state))
+    assert raw < size <= bound <= size + (80 << 10)  # tight: under 16 KB past the 64 KiB slack
+    restored, _ = ckpt.load(ckpt.save(tmp_path, 1, state, {}), make())
+    assert_bit_equal(restored, state)
+
+
+def test_state_bound_comes_from_the_target():
+    # A real DQN replay buffer can be GBs: the bound follows the target, never a constant.
+    target = {"buffer": jax.ShapeDtypeStruct((3 << 30,), jnp.uint8)}
+    bound, raw = ckpt._state_bound(target)
+    assert raw == 3 << 30 and raw < bound < raw + (1 << 20)
+
+
+# ------------------------------------------------------------ format versions both ways (C7/C8)
+
+
+@pytest.mark.parametrize("version", [0, -1])
+def test_format_version_no_release_wrote_refused(saved, version):
+    rewrite_manifest(saved, format_version=version)
+    with pytest.raises(CheckpointError) as e:
+        ckpt.load(saved, make_state())
+    assert not isinstance(e.value, ckpt.CheckpointDamagedError)
+    assert re.search(
+        rf"written in format v{version}, which no fleetrl release wrote; this build \(.*\) "
+        r"reads v1\.\.v1",
+        str(e.value),
+    )
+
+
+@pytest.mark.parametrize("version", [True, False, "1", 1.0, None])
+def test_format_version_must_be_an_int(saved, version):
+    rewrite_manifest(saved, format_version=version)
+    with pytest.raises(CheckpointError, match="format_version missing or not an int"):
+        ckpt.load(saved, make_state())
+
+
+def test_newer_format_says_upgrade(saved):
+    rewrite_manifest(saved, format_version=3, fleetrl_version="9.9.9")
+    with pytest.raises(
+        CheckpointError,
+        match=r"written by fleetrl 9\.9\.9 in format v3; this build \(.*\) reads v1\.\.v1: "
+        "upgrade fleetrl",
+    ):
+        ckpt.load(saved, make_state())
+
+
+def test_format_older_than_supported_refused(saved, monkeypatch):
+    monkeypatch.setattr(ckpt, "FORMAT_VERSION", 3)
+    monkeypatch.setattr(ckpt, "MIN_FORMAT_VERSION", 2)
+    with pytest.raises(CheckpointError, match=r"in format v1; .* reads v2\.\.v3: load it with"):
+        ckpt.load(saved, make_state())
+
+
+def test_every_supported_older_format_has_a_migration():
+    assert set(ckpt.MIGRATIONS) == set(range(ckpt.MIN_FORMAT_VERSION, ckpt.FORMAT_VERSION))
+
+
+def make_fake_v0(step_dir: Path) -> None:
+    """What a (fictional) format v0 wrote: the state as ``state.mp``, the step count in meta as
+    ``steps``. Only its manifest's files table is shared with v1."""
+    os.replace(step_dir / "state.msgpack", step_dir / "state.mp")
+    meta = json.dumps({"steps": 100}).encode()
+    (step_dir / "meta.json").write_bytes(meta)
+    manifest = json.loads((step_dir / "manifest.json").read_text())
+    manifest["format_version"] = 0
+    manifest["files"]["state.mp"] = manifest["files"].pop("state.msgpack")
+    manifest["files"]["meta.json"] = {
+        "sha256": hashlib.sha256(meta).hexdigest(),
+        "bytes": len(meta),
+    }
+    (step_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+def fake_v0_to_v1(manifest: dict, files: dict) -> tuple[dict, dict]:
+    files = dict(files)
+    if "state.mp" in files:  # read_meta migrates meta.json alone
+        files["state.msgpack"] = files.pop("state.mp")
+    meta = json.loads(files["meta.json"])
+    files["meta.json"] = json.dumps({"env_steps": meta.pop("steps")}).encode()
+    return {**manifest, "format_version": 1}, files
+
+
+def test_old_format_loads_through_its_migration(saved, monkeypatch):
+    make_fake_v0(saved)
+    calls = []
+
+    def migrate(manifest, files):
+        calls.append(manifest["format_version"])
+        return fake_v0_to_v1(manifest, files)
+
+    with pytest.raises(CheckpointError, match="format v0, which no fleetrl release wrote"):
+        ckpt.load(saved, make_state())
+    monkeypatch.setattr(ckpt, "MIN_FORMAT_VERSION", 0)
+    monkeypatch.setitem(ckpt.MIGRATIONS, 0, migrate)
+    state, meta = ckpt.load(saved, make_state(seed=9))
+    assert calls == [0] and meta == {"env_steps": 100}
+    assert_bit_equal(state, make_state())
+    assert ckpt.read_meta(saved) == {"env_steps": 100} and calls == [0, 0]
+
+
+def test_migration_sees_only_verified_bytes(saved, monkeypatch):
+    make_fake_v0(saved)
+    data = bytearray((saved / "state.mp").read_bytes())
+    data[-1] ^= 0xFF
+    (saved / "state.mp").write_bytes(bytes(data))
+    monkeypatch.setattr(ckpt, "MIN_FORMAT_VERSION", 0)
+    monkeypatch.setitem(ckpt.MIGRATIONS, 0, lambda m, f: pytest.fail("migrated damaged bytes"))
+    with pytest.raises(ckpt.CheckpointDamagedError, match="checksum mismatch"):
+        ckpt.load(saved, make_state())
+
+
+def test_missing_migration_is_an_error(saved, monkeypatch):
+    make_fake_v0(saved)
+    monkeypatch.setattr(ckpt, "MIN_FORMAT_VERSION", 0)
+    with pytest.raises(CheckpointError, match="no migration from format v0"):
+        ckpt.load(saved, make_state())
+
+
+# ------------------------------------------------------------ writes on a full disk (C5/C12)
+
+
+def step_names(run_dir: Path) -> list[str]:
+    return sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+
+
+def test_save_that_does_not_fit_creates_nothing(tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(ckpt.CheckpointWriteError) as e:
+        ckpt.save(tmp_path / "run", 5, make_state(), {})
+    assert e.value.errno == errno.ENOSPC and isinstance(e.value, OSError)
+    assert not (tmp_path / "run").exists()  # not even the checkpoints folder
+    msg = str(e.value)
+    assert str(tmp_path / "run" / "checkpoints") in msg and "1,000 bytes are free" in msg
+    assert re.search(r"it needs [\d,]+ bytes on disk", msg) and "none was committed" in msg
+
+
+def test_save_that_does_not_fit_keeps_previous(tmp_path, monkeypatch):
+    first = ckpt.save(tmp_path, 10, make_state(), {"v": 1}, keep_last=1)
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(ckpt.shutil, "disk_usage", lambda p: usage._replace(free=1000))
+    with pytest.raises(ckpt.CheckpointWriteError, match="not enough free space") as e:
+        ckpt.save(tmp_path, 20, make_state(), {}, keep_last=1)
+    assert f"the last committed checkpoint {first} is intact" in str(e.value)
+    assert step_names(tmp_path) == ["step_10"]
+
+
+def failing_write(limit: int, code: int):
+    """A `_write_file` that writes until ``limit`` bytes in all, then fails with ``code``."""
+    written = [0]
+
+    def write(path: Path, data: bytes) -> None:
+        room = limit - written[0]
+        path.write_bytes(data[: max(room, 0)])
+        written[0] += min(len(data), max(room, 0))
+        if room < len(data):
+            raise OSError(code, os.strerror(code), str(path))
+
+    return write
+
+
+@pytest.mark.parametrize(
+    "code", [errno.ENOSPC, errno.EDQUOT, errno.EACCES], ids=["ENOSPC", "EDQUOT", "EACCES"]
+)
+def test_failing_write_keeps_last_committed_and_retention(tmp_path, monkeypatch, code):
+    state = make_state()
+    for step in (10, 20):
+        ckpt.save(tmp_path, step, state, {"step": step}, keep_last=2)
+    monkeypatch.setattr(ckpt, "_write_file", failing_write(300, code))
+    with pytest.raises(ckpt.CheckpointWriteError) as e:
+        ckpt.save(tmp_path, 30, make_state(seed=1), {}, keep_last=2)
+    monkeypatch.undo()
+    assert e.value.errno == code and e.value.__cause__.errno == code
+    msg = str(e.value)
+    assert str(tmp_path / "checkpoints") in msg and os.strerror(code) in msg
+    assert re.search(r"it needs [\d,]+ bytes on disk, [\d,]+ bytes are free", msg)
+    assert f"last committed checkpoint {tmp_path / 'checkpoints' / 'step_20'} is intact" in msg
+    assert step_names(tmp_path) == ["step_10", "step_20"]  # no temp dir, nothing pruned
+    for step in (10, 20):
+        restored, meta = ckpt.load(tmp_path / "checkpoints" / f"step_{step}", make_state(seed=4))
+        assert meta == {"step": step}
+        assert_bit_equal(restored, state)
+    ckpt.save(tmp_path, 30, state, {}, keep_last=2)  # the disk has room again
+    assert step_names(tmp_path) == ["step_20", "step_30"]
+
+
+def test_failing_overwrite_of_same_step_keeps_it(tmp_path, monkeypatch):
+    ckpt.save(tmp_path, 5, make_state(), {"v": 1})
+    monkeypatch.setattr(ckpt, "_write_file", failing_write(10, errno.ENOSPC))
+    with pytest.raises(ckpt.CheckpointWriteError):
+        ckpt.save(tmp_path, 5, make_state(seed=1), {"v": 2})
+    monkeypatch.undo()
+    assert step_names(tmp_path) == ["step_5"]
+    assert ckpt.load(tmp_path / "checkpoints" / "step_5", make_state())[1] == {"v": 1}
+
+
+TMPFS_CHILD = """
+import errno, json, shutil, sys
+import numpy as np
+from fleetrl import checkpoint as ckpt
+
+run, out = sys.argv[1], {}
+small = {"w": np.arange(16, dtype=np.float32)}
+big = {"w": np.zeros(40_000, np.float32)}  # 160 KB: more than the whole 64 KiB file system
+ckpt.save(run, 1, small, {"v": 1})
+for name in ("precheck", "write"):
+    if name == "write":  # let the pre-check pass so that the write itself hits ENOSPC
+        usage = shutil.disk_usage(run)
+        ckpt.shutil.disk_usage = lambda p: usage._replace(free=1 << 40)
+    try:
+        ckpt.save(run, 2, big, {"v": 2})
+        out[name] = "saved"
+    except ckpt.CheckpointWriteError as e:
+        out[name] = {"errno": e.errno, "message": str(e)}
+    ckpt.shutil.disk_usage = shutil.disk_usage
+    out[name + "_left"] = sorted(p.name for p in (ckpt.Path(run) / "checkpoints").iterdir())
+out["loaded"] = ckpt.load(ckpt.latest(run), small)[1]
+print(json.dumps(out))
+"""
+
+
+def test_real_full_tmpfs(tmp_path):
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("mounting a tmpfs needs root and unshare")
+    probe = subprocess.run(["unshare", "-m", "true"], capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip(f"unshare -m does not work here: {probe.stderr.decode().strip()}")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "child.py"
+    script.write_text(TMPFS_CHILD)
+    # The mount lives in the child's own mount namespace: nothing stays mounted after it exits.
+    command = (
+        f"mount -t tmpfs -o size=64k tmpfs {shlex.quote(str(mnt))} && "
+        f"{shlex.quote(sys.executable)} {shlex.quote(str(script))} {shlex.quote(str(mnt))}"
+    )
+    child = subprocess.run(
+        ["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=120
+    )
+    assert child.returncode == 0, child.stderr[-3000:]
+    out = json.loads(child.stdout.strip().splitlines()[-1])
+    for name in ("precheck", "write"):
+        assert out[name]["errno"] == errno.ENOSPC, out
+        assert f"{mnt / 'checkpoints'}" in out[name]["message"]
+        assert f"last committed checkpoint {mnt / 'checkpoints' / 'step_1'}" in out[name]["message"]
+        assert out[name + "_left"] == ["step_1"]
+    assert "not enough free space" in out["precheck"]["message"]
+    assert "No space left on device" in out["write"]["message"]
+    assert out["loaded"] == {"v": 1}
+    assert not any(mnt.iterdir())  # the tmpfs was the child's alone
+
+
+# ------------------------------------------------------------ safeio
+
+
+def test_read_bounded_refuses_before_reading(tmp_path):
+    f = tmp_path / "big.json"
+    f.touch()
+    os.truncate(f, GIB2)
+    before = peak_rss_bytes()
+    with pytest.raises(UnsafeInputError) as e:
+        safeio.read_bounded(f, 1 << 20, "summary")
+    assert peak_rss_bytes() - before < 64 << 20
+    assert str(e.value).startswith(f"{f}: summary of 2,147,483,648 bytes exceeds the limit of ")
+    assert isinstance(e.value, ValueError)
+    f.write_bytes(b"x" * 10)
+    assert safeio.read_bounded(f, 10) == b"x" * 10
+    with pytest.raises(UnsafeInputError, match="exceeds the limit of 9 bytes"):
+        safeio.read_bounded(f, 9)
+    with pytest.raises(FileNotFoundError):
+        safeio.read_bounded(tmp_path / "absent", 10)
+    os.mkfifo(tmp_path / "fifo")  # no writer: a blocking open would hang here
+    with pytest.raises(UnsafeInputError, match="not a regular file"):
+        safeio.read_bounded(tmp_path / "fifo", 10)
+
+
+@pytest.mark.parametrize(
+    "text, depth",
+    [
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [{"b": [1]}]}', 4),
+        ('["[[[[[[", "\\\\", "\\"[[[[", "]]]]"]', 1),  # brackets in strings, escaped quotes
+        ("[" * 64 + "]" * 64, 64),
+    ],
+)
+def test_loads_json_depth_is_exact(text, depth):
+    assert safeio.loads_json(text, source="t", max_depth=depth) == json.loads(text)
+    if depth:
+        with pytest.raises(UnsafeInputError, match=f"t: JSON nested deeper than {depth - 1}"):
+            safeio.loads_json(text, source="t", max_depth=depth - 1)
+
+
+@pytest.mark.parametrize(
+    "data", ["[" * 1_000_000, "{" * 10_000, '{"a":' * 10_000, b"[" * 200_000 + b"]" * 200_000]
+)
+def test_loads_json_never_recursion_error(data):
+    with pytest.raises(UnsafeInputError, match="src: JSON nested deeper than 64"):
+        safeio.loads_json(data, source="src")
+    with pytest.raises(UnsafeInputError, match="src: "):  # a raised bound: still no RecursionError
+        safeio.loads_json(data, source="src", max_depth=10**9)
+
+
+@pytest.mark.parametrize("data", [b"{not json", b"", b"\xff\xfe\x00", "1" * 5000, "[1,]"])
+def test_loads_json_refuses_non_json_naming_source(data):
+    with pytest.raises(UnsafeInputError, match=r"^metrics\.jsonl:7: not JSON"):
+        safeio.loads_json(data, source="metrics.jsonl:7")
+
+
+def test_loads_json_keeps_python_dialect_and_bytes():
+    assert safeio.loads_json(b'\xef\xbb\xbf{"a": NaN}', source="s")["a"] != 0  # BOM and NaN
+    assert safeio.loads_json('{"a": "\\u00e9"}'.encode("utf-16"), source="s") == {"a": "é"}
+
+
+def test_read_json(tmp_path):
+    f = tmp_path / "metadata.json"
+    f.write_text('{"a": [1, 2]}')
+    assert safeio.read_json(f, 100, "metadata") == {"a": [1, 2]}
+    f.write_text("[" * 100)
+    with pytest.raises(UnsafeInputError, match=rf"^{re.escape(str(f))}: JSON nested deeper"):
+        safeio.read_json(f, 1000)

@@ -26,11 +26,11 @@ def test_ppo_cartpole_solves_for_every_seed(tmp_path):
     """The flagship as shipped, 5 seeds in one program: each reaches 500 (and stops learning
     there), and the final checkpoint still scores >= 475 on 20 evaluation episodes it has not
     seen."""
-    from fleetrl.evaluate import evaluate_run
+    from fleetrl.restore import evaluate_run
 
     result = train(as_shipped("ppo-cartpole", tmp_path, num_seeds=5))
     assert result.status == "threshold" and np.all(result.eval_returns >= 500), result.eval_returns
-    returns, _ = evaluate_run(result.run_dir, episodes=20, seed=777)
+    returns = evaluate_run(result.run_dir, episodes=20, seed=777).returns
     assert np.all(returns.mean(axis=1) >= 475), returns.mean(axis=1)
 
 

@@ -380,7 +380,8 @@ def test_restart_budget_exhausted_raises_the_last_error(pools):
         assert pool.num_restarts == restarts
     with pytest.raises(EnvStepError, match="env 1 raised in step") as info:
         pool.step(np.zeros(2, np.int64))
-    assert "gave up after 2 worker restarts" in "".join(info.value.__notes__)
+    # in the message itself, which is what the CLI prints
+    assert str(info.value).startswith("EnvPool gave up after 2 worker restarts")
 
 
 def test_occasional_faults_never_use_up_the_restart_budget(pools):
@@ -403,7 +404,7 @@ def test_occasional_faults_never_use_up_the_restart_budget(pools):
         for _ in range(10):
             pool.step(actions)
     assert pool.num_restarts == 1
-    assert "gave up after 1 worker restarts within 1000 steps" in "".join(info.value.__notes__)
+    assert "gave up after 1 worker restarts within 1000 steps" in str(info.value)
 
 
 @pytest.mark.timeout(30)
@@ -499,9 +500,9 @@ def test_an_exit_that_skips_shutdown_still_closes_the_workers_envs(tmp_path, how
     }[how]
     script = (
         "import signal, time\n"
-        "from fleetrl.cli import _exit_on_ctrl_c\n"
+        "from fleetrl.cli import _exit_on_signal\n"
         "from fleetrl.envs.pool import EnvPool\n"
-        "signal.signal(signal.SIGINT, _exit_on_ctrl_c)\n"
+        "signal.signal(signal.SIGINT, _exit_on_signal)\n"
         f"kwargs = {{'close_path': {str(closed)!r}}}\n"
         f"pool = EnvPool.from_id({FAKE!r}, 3, 1, env_kwargs=kwargs)\n"
         "pool.reset()\n"
@@ -613,8 +614,10 @@ def test_old_gym_envs_are_rejected_at_construction_with_a_pointer_to_shimmy(pool
         pools("fleetrl.envs.fake:OldGymEnv", 2, 1)  # through a worker process
     assert isinstance(info.value, EnvConstructionError) and isinstance(info.value, TypeError)
     assert "\n" not in str(info.value)  # what to do, not fleetrl's traceback
+    # by id, a class that is no gymnasium.Env is refused before it is built (envs.trust);
+    # given as a callable, a half-ported one is caught by the startup probe's step
     with pytest.raises(OldGymApiError, match=r"env 0: step\(\) returned 4 values.*shimmy"):
-        pools("fleetrl.envs.fake:OldGymEnv", 2, 1, env_kwargs={"new_reset": True})
+        pools(functools.partial(OldGymEnv, new_reset=True), 2, 1, from_id=False)
     with pytest.raises(EnvConstructionError, match=r"reset\(\) takes no `seed`.*shimmy"):
         pools(OldGymEnv, 2, 0, from_id=False)
     # caught by the startup probe (checks.probe_env), not at the pool's first reset or step
@@ -637,7 +640,7 @@ def test_old_gym_api_of_an_unprobed_env_fails_at_the_first_reset_and_step(pools)
 
 @pytest.mark.timeout(30)
 def test_startup_probe_reports_an_env_failing_its_first_step_and_can_be_opted_out(pools):
-    with pytest.raises(EnvConstructionError, match="env 0.*failed to construct") as info:
+    with pytest.raises(EnvConstructionError, match="env 0.*raised in its startup check") as info:
         pools(StepRaisesEnv, 2, 0, from_id=False)
     assert "startup check of env 0: one reset() and one step()" in str(info.value)
     pool = pools(lambda: Unprobed(StepRaisesEnv()), 2, 0, from_id=False)
@@ -696,7 +699,7 @@ def test_unsupported_spaces_of_a_registered_env_are_one_line_saying_what_to_do(p
     assert isinstance(info.value, UnsupportedEnvError)  # the CLI prints it as one line
     message = str(info.value)
     assert "observation space Tuple" in message and "FlattenObservation" in message
-    assert "--env.id module.path:function" in message and "\n" not in message
+    assert "--env.id module.path:ClassName" in message and "\n" not in message
 
 
 @pytest.mark.timeout(30)

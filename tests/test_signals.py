@@ -57,7 +57,7 @@ def metrics_lines(run_dir):
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_signal_writes_checkpoint_and_exits_130(tmp_path, sig):
+def test_signal_writes_checkpoint_and_exits_128_plus_signal(tmp_path, sig):
     run_dir = tmp_path / "run"
     proc = start(run_dir)
     try:
@@ -66,7 +66,7 @@ def test_signal_writes_checkpoint_and_exits_130(tmp_path, sig):
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, out
+    assert proc.returncode == 128 + sig, out  # 130 after Ctrl+C, 143 after SIGTERM
     latest = checkpoint.latest(run_dir)
     assert latest is not None and (latest / "manifest.json").exists()
     # and the run resumes from it
@@ -90,11 +90,15 @@ def test_signal_writes_checkpoint_and_exits_130(tmp_path, sig):
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
 
 
-@pytest.mark.parametrize("when", ["startup", "training"])
-def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
-    """Host envs in two worker processes, Ctrl+C while the program compiles or while it trains
-    (then with a checkpoint): exit 130, and no process (workers, resource tracker), no shared
-    memory and no resource-tracker warning left behind."""
+@pytest.mark.parametrize(
+    "sig, when",
+    [(signal.SIGINT, "startup"), (signal.SIGINT, "training"), (signal.SIGTERM, "startup")],
+)
+def test_a_signal_with_worker_processes_leaves_nothing_behind(tmp_path, sig, when):
+    """Host envs in two worker processes, Ctrl+C or SIGTERM while the program compiles or while
+    it trains (then with a checkpoint): exit 128 + the signal with a line saying so, and no
+    process (workers, resource tracker), no shared memory and no resource-tracker warning left
+    behind (SIGTERM at startup was the default action: no message, leaked semaphores)."""
     import psutil
 
     run_dir = tmp_path / "run"
@@ -114,12 +118,14 @@ def test_ctrl_c_with_worker_processes_leaves_nothing_behind(tmp_path, when):
             wait_for(lambda: metrics_lines(run_dir) >= 2)
         children = workers()
         shm = {m.path for m in psutil.Process(proc.pid).memory_maps() if "/dev/shm/" in m.path}
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130, out
+    assert proc.returncode == 128 + sig, out
     assert "Traceback" not in out and "leaked" not in out, out
+    if when == "startup":
+        assert ("interrupted" if sig == signal.SIGINT else "stopped by SIGTERM") in out, out
     if when == "training":
         assert checkpoint.latest(run_dir) is not None
     _, alive = psutil.wait_procs(children, timeout=5)
@@ -152,7 +158,7 @@ def test_ctrl_c_during_startup_is_one_line_and_exits_130(tmp_path, delay):
 
 
 def test_second_ctrl_c_exits_at_once_and_keeps_checkpoint(tmp_path):
-    from fleetrl.evaluate import evaluate_run
+    from fleetrl.restore import evaluate_run
 
     run_dir = tmp_path / "run"
     proc = start(run_dir, "--train.checkpoint-every", "1024")
@@ -164,7 +170,7 @@ def test_second_ctrl_c_exits_at_once_and_keeps_checkpoint(tmp_path):
     finally:
         proc.kill()
     assert proc.returncode in (130, -signal.SIGINT)
-    returns, _ = evaluate_run(run_dir, episodes=1)  # verifies the manifest and checksums
+    returns = evaluate_run(run_dir, episodes=1).returns  # verifies manifest and checksums
     assert returns.shape == (1, 1)
 
 
@@ -177,14 +183,21 @@ def test_watchdog_stops_a_call_that_never_returns(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 3
     assert "has not returned after 0 s" in proc.stderr or "after 1 s" in proc.stderr
-    assert f"fleetrl train --resume {tmp_path}" in proc.stderr
+    # no checkpoint in the run dir: `--resume` would fail, so it is not what the message says
+    assert "No checkpoint to continue from" in proc.stderr and "--resume" not in proc.stderr
 
 
-def start_hanging_eval(run_dir, *extra):
-    """A host-env run whose evaluation hangs: eval env 5 (training has envs 0-3) sleeps forever
-    in its third step, inside the compiled evaluation; ``stalled(run_dir)`` once it does."""
+def start_hanging(run_dir, where: str, *extra, at_step: int = 3):
+    """A host-env run in which one env sleeps forever in its ``at_step``-th step: training env 3
+    (where="training"; stepped in this process unless ``extra`` adds workers; evaluation has
+    envs 0-1) or evaluation env 5 (where="eval"; evaluation has envs 0-5, in a worker process,
+    training 0-3); ``stalled(run_dir)`` once it does."""
     marker = run_dir.parent / "stalled"
-    kwargs = f"{{stall_at_step: 3, stall_seconds: 100000, fault_envs: [5], counter_path: {marker}}}"
+    index, episodes = (3, "2") if where == "training" else (5, "6")
+    kwargs = (
+        f"{{stall_at_step: {at_step}, stall_seconds: 100000, fault_envs: [{index}], "
+        f"counter_path: {marker}}}"
+    )
     return start(
         run_dir,
         "--env.id", "fleetrl.envs.fake:FaultyEnv",
@@ -195,7 +208,7 @@ def start_hanging_eval(run_dir, *extra):
         "--train.num-steps", "32",
         "--train.log-every", "128",
         "--train.eval-every", "128",
-        "--train.eval-episodes", "6",
+        "--train.eval-episodes", episodes,
         "--train.checkpoint-every", "0",
         *extra,
     )  # fmt: skip
@@ -205,23 +218,71 @@ def stalled(run_dir):
     return (run_dir.parent / "stalled").exists()
 
 
-def test_a_hung_evaluation_is_stopped_by_the_watchdog(tmp_path):
+def test_a_hung_in_process_env_is_stopped_by_the_watchdog(tmp_path):
+    """Nothing interrupts an env stepped in this process: the call watchdog ends the run."""
     run_dir = tmp_path / "run"
     # compilation waits under the same limit: 25 s leaves a loaded machine time to compile
-    proc = start_hanging_eval(run_dir, "--train.call-timeout", "25")
+    proc = start_hanging(run_dir, "training", "--train.call-timeout", "25")
     try:
         out, _ = proc.communicate(timeout=150)
     finally:
         proc.kill()
     assert proc.returncode == 3, out
-    assert "an evaluation has not returned after 25 s" in out
+    assert "a compiled training call has not returned after 25 s" in out
+    assert "No checkpoint to continue from" in out  # not `--resume`, which would fail
 
 
-def test_sigterm_while_an_env_hangs_exits_within_the_grace(tmp_path):
+def test_a_hung_evaluation_step_times_out_and_training_goes_on(tmp_path):
+    """Evaluation envs step in a worker process: a hung step times out after
+    env.step_timeout, the evaluation is NaN with a warning, and training goes on (F12)."""
+    import json
+
     run_dir = tmp_path / "run"
-    proc = start_hanging_eval(run_dir, "--train.stop-grace", "2")
+    proc = start_hanging(run_dir, "eval", "--env.step-timeout", "2", "--train.total-steps", "256")
     try:
-        wait_for(lambda: stalled(run_dir))  # inside the evaluation, for good
+        out, _ = proc.communicate(timeout=150)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, out
+    assert "the evaluation at step 128 failed (EnvTimeoutError" in out, out
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/episodic_return" in r]
+    assert [r["step"] for r in evals] == [128, 256]
+    assert all(r["eval/episodic_return"] is None for r in evals)  # NaN, every time it hung
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "completed"
+
+
+def test_ctrl_c_while_a_worker_env_hangs_checkpoints_and_exits_130(tmp_path):
+    """A hung env in a worker process does not hold a stop signal up until env.step_timeout
+    (L1): the wait for it ends at once, the cut call's result is dropped, the state before it
+    is checkpointed, exit 130; nothing is left running."""
+    import psutil
+
+    run_dir = tmp_path / "run"
+    proc = start_hanging(
+        run_dir, "training", "--env.num-workers", "1", at_step=100
+    )  # calls of 32 steps per env: three complete (step 384), the fourth hangs
+    try:
+        wait_for(lambda: stalled(run_dir))
+        children = psutil.Process(proc.pid).children(recursive=True)
+        sent = time.time()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        waited = time.time() - sent
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, out
+    assert waited < 15 and "Traceback" not in out, out
+    assert checkpoint.latest(run_dir).name == "step_384"
+    _, alive = psutil.wait_procs(children, timeout=5)
+    assert not alive, f"left running: {alive}"
+
+
+def test_sigterm_while_an_in_process_env_hangs_exits_within_the_grace(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = start_hanging(run_dir, "training", "--train.stop-grace", "2")
+    try:
+        wait_for(lambda: stalled(run_dir))  # inside the training call, for good
         time.sleep(0.2)
         sent = time.time()
         proc.send_signal(signal.SIGTERM)
@@ -234,22 +295,24 @@ def test_sigterm_while_an_env_hangs_exits_within_the_grace(tmp_path):
     assert waited < 20
 
 
-def test_a_second_signal_while_an_env_hangs_exits_at_once(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_second_signal_while_an_env_hangs_exits_at_once(tmp_path, sig):
+    """Our handler stays installed for the second signal: an exit with a message, the workers
+    stopped first (the default action killed silently, SIGTERM above all: L2)."""
     run_dir = tmp_path / "run"
-    proc = start_hanging_eval(run_dir, "--train.stop-grace", "0")  # 0: wait for ever
+    proc = start_hanging(run_dir, "training", "--train.stop-grace", "0")  # 0: wait for ever
     try:
         wait_for(lambda: stalled(run_dir))
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         time.sleep(1.0)
         assert proc.poll() is None  # the first one only asks the loop to stop
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, _ = proc.communicate(timeout=30)
     finally:
         proc.kill()
-    # the default action if Python's handler could run in between (it restores it), else ours
-    assert proc.returncode in (-signal.SIGINT, 128 + signal.SIGINT), out
-    assert proc.returncode == -signal.SIGINT or "a second signal arrived" in out
+    assert proc.returncode == 128 + sig, out
+    assert "a second signal arrived" in out and "leaked" not in out, out
 
 
 def test_signals_reach_the_watcher_while_the_main_thread_cannot_run_python(tmp_path):

@@ -102,7 +102,8 @@ def test_compiled_on_every_core_run_on_one_thread_and_cached_for_other_processes
 def cli_run(tmp_path, name: str, cache, *extra: str) -> list[dict]:
     """A short CLI run of ppo-cartpole on every CPU; its metrics records without wall times."""
     run_dir = tmp_path / name
-    args = ["--train.total-steps", "4096", "--train.log-every", "1024", "--train.eval-every"]
+    args = ["--train.seed", "0", "--train.total-steps", "4096", "--train.log-every", "1024"]
+    args += ["--train.eval-every"]
     args += ["2048", "--train.eval-episodes", "2", "--train.checkpoint-every", "0"]
     args += ["--log.run-dir", str(run_dir), "--log.progress", "False", *extra]
     script = WIDEN + "from fleetrl.cli import main; sys.exit(main(sys.argv[1:]))"

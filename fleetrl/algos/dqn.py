@@ -86,6 +86,11 @@ class Config:
         require(
             self.max_grad_norm > 0, "algo.max_grad_norm", f"must be > 0, got {self.max_grad_norm}"
         )
+        require(  # tyro takes `--algo.hidden-sizes` with nothing after it as ()
+            len(self.hidden_sizes) > 0 and all(s >= 1 for s in self.hidden_sizes),
+            "algo.hidden_sizes",
+            f"needs at least one layer, each of size >= 1, got {self.hidden_sizes}",
+        )
 
 
 def check_config(run) -> None:

@@ -65,7 +65,10 @@ def _has(backend: str, env_id: str) -> bool:
         return is_gymnax_id(env_id)
     from fleetrl.envs.worker import register_atari
 
-    if ":" in env_id:  # module.path:ClassName
+    if ":" in env_id:  # module.path:ClassName: a trusted module's gymnasium.Env subclass
+        from fleetrl.envs import trust
+
+        trust.resolve(env_id)
         return True
     if not register_atari(env_id) and env_id.startswith("ALE/"):
         from fleetrl.config import ConfigError
@@ -82,11 +85,13 @@ def _gymnasium_ids() -> list[str]:
     return list(gymnasium.registry)
 
 
-def make(config, num_envs: int | None = None, num_workers: int | None = None):
+def make(config, num_envs: int | None = None, num_workers: int | None = None, beside=None):
     """Build the batched env of ``config`` (an ``EnvConfig``), optionally with another size.
 
-    ``num_workers`` overrides the config's worker count for host envs (evaluation runs its envs
-    in-process). An id the backend does not have is a ``ConfigError`` (see `check_env_id`).
+    ``num_workers`` overrides the config's worker count for host envs. ``beside``: a host env
+    of the same config whose spec this one shares while its pool starts on a thread (the
+    evaluation env, beside compilation: `fleetrl.envs.host.HostEnv.from_config`). An id the
+    backend does not have is a ``ConfigError`` (see `check_env_id`).
     """
     num_envs = config.num_envs if num_envs is None else num_envs
     backend = resolve_backend(config)
@@ -99,4 +104,4 @@ def make(config, num_envs: int | None = None, num_workers: int | None = None):
         return GymnaxEnv(config.id, num_envs)
     from fleetrl.envs.host import HostEnv
 
-    return HostEnv.from_config(config, num_envs, num_workers)
+    return HostEnv.from_config(config, num_envs, num_workers, beside)

@@ -12,7 +12,12 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 
-from fleetrl.envs.errors import MismatchedSpacesError, OldGymApiError, UnsupportedSpaceError
+from fleetrl.envs.errors import (
+    MismatchedSpacesError,
+    ObservationShapeError,
+    OldGymApiError,
+    UnsupportedSpaceError,
+)
 
 SUPPORTED_ACTION_SPACES = "Discrete, Box (float dtype)"
 SUPPORTED_OBSERVATION_SPACES = "Box (float, integer or bool dtype; Dict observations: not yet)"
@@ -26,8 +31,8 @@ SHIMMY_HINT = (
 )
 
 WRAP_HINT = (
-    "From the command line, give a function that builds the wrapped env as --env.id "
-    "module.path:function."
+    "From the command line, give a gymnasium.Wrapper subclass whose constructor builds the "
+    "wrapped env as --env.id module.path:ClassName."
 )
 
 
@@ -207,7 +212,7 @@ def check_reset_result(result: Any, obs_space, index: int) -> None:
             f"old gym API. {SHIMMY_HINT}",
             index,
         )
-    _check_obs(result[0], obs_space, index, "reset")
+    check_observation_shape(result[0], obs_space, "reset")
 
 
 def check_step_result(result: Any, obs_space, index: int) -> None:
@@ -226,18 +231,33 @@ def check_step_result(result: Any, obs_space, index: int) -> None:
                 f"env {index}: step() returned {name}={flag!r} of type {type(flag).__name__}; "
                 "it must be a bool"
             )
-    _check_obs(result[0], obs_space, index, "step")
+    check_observation_shape(result[0], obs_space, "step")
 
 
 PROBE_KEY = "fleetrl_startup_probe"
 """``env.metadata[PROBE_KEY] = False`` opts an env out of `probe_env`."""
 
 
+class ProbeError(Exception):
+    """`probe_env`'s ``call`` ("reset" or "step") of env ``index`` raised ``error``."""
+
+    def __init__(self, call: str, index: int, error: BaseException):
+        super().__init__(call, index)
+        self.call, self.index, self.error = call, index, error
+
+    @property
+    def note(self) -> str:
+        return (
+            f"(fleetrl's startup check of env {self.index}: one reset() and one step() of a "
+            f"random action; an env that cannot take them sets metadata['{PROBE_KEY}'] = False)"
+        )
+
+
 def probe_env(env: Any, index: int) -> None:
     """One ``reset()`` and one ``step(action_space.sample())`` of a freshly built env, checked
     like the pool's first ones: an old-gym env (obs-only reset, 4-tuple step) is rejected while
     the pool starts, not at its first step, after a trainer compiled its program and made its
-    run directory.
+    run directory. Any other failure is a `ProbeError` saying which call failed.
 
     The reset is unseeded and the env is left as the step left it: the pool's first reset with
     ``seed=s`` re-seeds it fully (gymnasium's contract for a seeded reset; the pool's parity
@@ -259,26 +279,38 @@ def probe_env(env: Any, index: int) -> None:
     if isinstance(metadata, dict) and metadata.get(PROBE_KEY, True) is False:
         return
     obs_space = env.observation_space
+    call = "reset"
     try:
         check_reset_result(env.reset(), obs_space, index)
+        call = "step"
         check_step_result(env.step(env.action_space.sample()), obs_space, index)
     except OldGymApiError:
         raise
     except Exception as error:
-        error.add_note(
-            f"(raised in fleetrl's startup check of env {index}: one reset() and one step() of a "
-            f"random action; an env that cannot take them sets metadata['{PROBE_KEY}'] = False)"
-        )
-        raise
+        raise ProbeError(call, index, error) from error
 
 
-def _check_obs(obs: Any, obs_space, index: int, where: str) -> None:
+def check_observation_shape(obs: Any, obs_space, where: str) -> None:
+    """`ObservationShapeError` unless ``obs`` has exactly the shape of ``obs_space``: numpy would
+    store an obs of shape () or (1,) into a row of shape (4,) without a word (broadcasting)."""
     shape = np.shape(obs)
     if shape != obs_space.shape:
-        raise ValueError(
-            f"env {index}: {where}() returned an observation of shape {shape}, but its "
-            f"observation space {obs_space} declares {obs_space.shape}"
+        raise ObservationShapeError(
+            f"{where}() returned an observation of shape {shape}, but its observation space "
+            f"{obs_space} declares shape {obs_space.shape}"
         )
+
+
+def dtype_note(obs: Any, obs_space, pool_dtype: np.dtype, index: int, where: str) -> str | None:
+    """A warning for an observation of another dtype than its space declares (a float64 obs
+    from a float32 Box), or None. The pool stores it as ``pool_dtype`` either way."""
+    dtype = getattr(obs, "dtype", None)
+    if dtype is None or dtype == obs_space.dtype:
+        return None
+    return (
+        f"env {index} returned a {dtype} observation from {where}(), but its observation space "
+        f"{obs_space} declares {obs_space.dtype}: fleetrl casts to {np.dtype(pool_dtype)}"
+    )
 
 
 # ---- actions (in the parent, before anything is sent) -------------------------------------------
@@ -342,3 +374,51 @@ def find_nonfinite(arrays: dict, float_block: np.ndarray, obs_is_float: bool) ->
         flat = values.reshape(len(values), -1)
         found += [(int(i), what) for i in np.flatnonzero(~np.isfinite(flat).all(axis=1))]
     return found
+
+
+BOUNDS_EVERY = 1000
+"""`EnvPool` checks observations against finite Box bounds after every batched step up to this
+one, then after every `BOUNDS_EVERY`-th: an env that leaves its bounds usually does so early or
+often, and a check costs 6-12 us for 16 CartPoles (`find_out_of_bounds`), a few percent of a
+batched step if it ran on every one."""
+
+
+def next_bounds_check(step: int) -> int:
+    """The pool step after ``step`` whose observations `EnvPool` checks against the bounds."""
+    return step + 1 if step < BOUNDS_EVERY else (step // BOUNDS_EVERY + 1) * BOUNDS_EVERY
+
+
+def observation_bounds(obs_space, pool_dtype) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(low, high)`` of a Box as arrays of the pool's dtype, or None when there is nothing to
+    check: no finite bound, or integer observations whose dtype the bounds cover (uint8 images
+    in [0, 255]). Rounding bounds and values alike to float32 keeps their order: no false
+    alarms."""
+    dtype = np.dtype(pool_dtype)
+    low = np.broadcast_to(obs_space.low, obs_space.shape)
+    high = np.broadcast_to(obs_space.high, obs_space.shape)
+    if dtype.kind == "f":
+        if not (np.isfinite(low).any() or np.isfinite(high).any()):
+            return None
+        with np.errstate(over="ignore"):  # beyond float32's range: +-inf, still in order
+            return low.astype(dtype), high.astype(dtype)
+    info = np.iinfo(dtype)
+    if (low <= info.min).all() and (high >= info.max).all():
+        return None
+    low, high = (np.clip(bound, info.min, info.max).astype(dtype) for bound in (low, high))
+    return low, high
+
+
+def find_out_of_bounds(arrays: dict, bounds: tuple[np.ndarray, np.ndarray]):
+    """``(env_index, element, value, low, high)`` for the first observation (reached, then
+    reset) outside ``bounds``, or None. Vectorized over the batch: 6-12 us for 16 CartPoles."""
+    low, high = bounds
+    for name in ("final_obs", "obs"):
+        values = arrays[name]
+        # count_nonzero: ~2x faster than .any() on a small bool array
+        if np.count_nonzero(values < low) or np.count_nonzero(values > high):
+            outside = ((values < low) | (values > high)).reshape(len(values), -1)
+            index = int(np.flatnonzero(outside.any(axis=1))[0])
+            element = int(np.flatnonzero(outside[index])[0])
+            flat = (values[index].reshape(-1), low.reshape(-1), high.reshape(-1))
+            return (index, element, *(x[element].item() for x in flat))
+    return None

@@ -118,33 +118,111 @@ class WorkerDiedError(EnvPoolError):
 
 
 class EnvTimeoutError(EnvPoolError, TimeoutError):
-    """Workers did not answer within the pool's ``step_timeout`` or ``start_timeout``."""
+    """Workers did not answer within the pool's ``step_timeout`` or ``start_timeout``; or, with
+    ``in_process``, an env's constructor in this process did not return within
+    ``start_timeout`` (``phase`` "start")."""
 
-    def __init__(self, worker_indices: list[int], env_indices: list[int], seconds: float, phase):
-        what = "worker" if len(worker_indices) == 1 else "workers"
-        verb = "did not start" if phase == "start" else f"did not finish {phase}"
-        super().__init__(
-            f"{what} {', '.join(map(str, worker_indices))} (envs {_join(env_indices)}) {verb} "
-            f"within {seconds:g} s; killed. Raise the pool's "
-            f"{'start_timeout' if phase == 'start' else 'step_timeout'} if the env is just slow."
+    def __init__(
+        self,
+        worker_indices: list[int],
+        env_indices: list[int],
+        seconds: float,
+        phase: str,
+        in_process: bool = False,
+    ):
+        # name the CLI field too: `fleetrl train` users never see the pool's arguments
+        knob = "start" if phase == "start" else "step"
+        advice = (
+            f"Raise the pool's {knob}_timeout (--env.{knob}-timeout from the command line) if "
+            "the env is just slow."
         )
+        if in_process:
+            message = (
+                f"env {_join(env_indices)} did not finish its constructor in-process within "
+                f"{seconds:g} s; interrupted. {advice}"
+            )
+        else:
+            what = "worker" if len(worker_indices) == 1 else "workers"
+            verb = "did not start" if phase == "start" else f"did not finish {phase}"
+            message = (
+                f"{what} {_join(worker_indices)} (envs {_join(env_indices)}) {verb} within "
+                f"{seconds:g} s; killed. {advice}"
+            )
+        super().__init__(message)
         self.worker_indices = worker_indices
         self.env_indices = env_indices
         self.seconds = seconds
         self.phase = phase
+        self.in_process = in_process
 
     def __reduce__(self):
-        args = (self.worker_indices, self.env_indices, self.seconds, self.phase)
+        args = (self.worker_indices, self.env_indices, self.seconds, self.phase, self.in_process)
         return (type(self), args)
+
+
+class EnvInterruptedError(EnvPoolError):
+    """The pool's ``should_stop`` returned True while it waited for workers (a trainer that
+    got SIGINT/SIGTERM); the pool can only be closed afterwards."""
+
+    def __init__(self, worker_indices: list[int], env_indices: list[int], phase: str, step: int):
+        what = "worker" if len(worker_indices) == 1 else "workers"
+        where = f"pool {phase}"
+        if not phase.startswith("step") and phase != "startup":  # "reset after a restart"
+            where += f" at pool step {step}"
+        super().__init__(
+            f"interrupted while waiting for {what} {_join(worker_indices)} (envs "
+            f"{_join(env_indices)}) during {where}: should_stop() returned True"
+        )
+        self.worker_indices = worker_indices
+        self.env_indices = env_indices
+        self.phase = phase
+        self.step = step
+
+    def __reduce__(self):
+        return (type(self), (self.worker_indices, self.env_indices, self.phase, self.step))
+
+
+class ObservationShapeError(ValueError):
+    """An env returned an observation whose shape is not its space's (the cause of an
+    `EnvStepError` or `EnvResetError`, or of a startup failure)."""
+
+
+class EnvPoolWarning(UserWarning):
+    """Something an `EnvPool` lets through but you should know about (an observation of another
+    dtype than its space's, or outside its bounds); each kind is warned once per pool."""
 
 
 # ---- from what a worker reported to the error the caller sees -------------------------------
 
 
+class EnvFailure(NamedTuple):
+    """What a worker reports about an env that raised (the payload of a `Fault` of kind "env")."""
+
+    phase: str
+    """"construct", "probe reset", "probe step" (the startup check), "reset" or "step"."""
+    env_index: int | None
+    """None: the worker could not tell which of its envs (a failure outside an env's call)."""
+    summary: str
+    """``type: message`` of the exception itself (its traceback's last line may be a note)."""
+    traceback_text: str
+    error: BaseException | None
+    """The exception, if it pickled."""
+    note: str = ""
+    """A line for the message after the summary (how to opt out of the startup check)."""
+
+
+def summarize(error: BaseException) -> str:
+    """``'ValueError: bad seed'``: one line naming the exception, for the first line of ours."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 class Fault(NamedTuple):
-    """What went wrong in one worker. ``kind``: "env" (an env raised; ``payload`` is ``(phase,
-    env_index, traceback_text, exception or None)``), "nonfinite" (``payload`` is ``(env_index,
-    what)``), "died" or "timeout"."""
+    """What went wrong in one worker. ``kind``: "env" (an env raised; ``payload`` is an
+    `EnvFailure`), "nonfinite" (``payload`` is ``(env_index, what)``), "died", "timeout"
+    (``payload``, for a constructor interrupted in-process: ``(env_index,)``) or "interrupted"
+    (``should_stop`` said so while the pool waited for this worker)."""
 
     kind: str
     slot: int
@@ -172,66 +250,102 @@ def error_of(fault: Fault, phase: str, context: FaultContext, step: int, actions
         return WorkerDiedError(fault.slot, indices, fault.exitcode, phase)
     if fault.kind == "timeout":
         return _timeout([fault], phase, context)
-    index = fault.payload[0] if fault.kind == "nonfinite" else fault.payload[1]
-    action = None if actions is None else actions[index].tolist()
+    if fault.kind == "interrupted":
+        return _interrupted([fault], phase, context, step)
     if fault.kind == "nonfinite":
+        index, what = fault.payload
+        action = None if actions is None else actions[index].tolist()
         return EnvStepError(
-            f"env {index} returned a non-finite {fault.payload[1]} at pool {phase} (last action "
-            f"{action!r}); the env's state is probably corrupt (check_finite=False lets it "
-            "through)",
+            f"env {index} returned a non-finite {what} at pool {phase} (last action "
+            f"{action!r}); the env's state is probably corrupt (check_finite=False "
+            "(--env.check-finite False) lets it through)",
             index,
             step,
             action,
         )
-    env_phase, index, text, cause = fault.payload
+    return _env_error(fault, phase, context, step, actions)
+
+
+def _env_error(fault: Fault, phase: str, context: FaultContext, step: int, actions):
+    """The error for an env that raised: the exception's own summary on the first line (what
+    the CLI shows), then the note, then the worker's traceback."""
+    failure: EnvFailure = fault.payload
+    index, cause = failure.env_index, failure.error
     if isinstance(cause, UnsupportedEnvError):
         return cause
     where = "in-process" if fault.slot in context.local_slots else f"in worker {fault.slot}"
-    summary = text.strip().splitlines()[-1] if text.strip() else "?"
-    if env_phase == "construct":
-        missing = _missing_dependency(cause, index, context.label, summary)
+    who = (
+        f"env {index}" if index is not None else f"one of envs {_span(context.groups[fault.slot])}"
+    )
+    startup = failure.phase in ("construct", "probe reset", "probe step")
+    # fleetrl's own shape check: its message says it all, its traceback only shows fleetrl
+    shape_error = isinstance(cause, ObservationShapeError) and not startup
+    if failure.phase == "construct":
+        missing = _missing_dependency(cause, index, context.label, failure.summary)
         if missing is not None:
             return missing
-        error = EnvConstructionError(
-            f"env {index} ({context.label}) failed to construct {where}: {summary}\n\n{text}",
-            index,
-        )
-    elif env_phase == "reset":
-        error = EnvResetError(
-            f"env {index} raised in reset {where} during pool {phase}: {summary}\n\n{text}",
-            index,
-            step,
-        )
+        head = f"{who} ({context.label}) failed to construct {where}"
+    elif startup:
+        call = failure.phase.split()[1]
+        head = f"{who} ({context.label}) raised in its startup check ({call}) {where}"
+    elif shape_error:
+        head = f"{who} returned an observation of the wrong shape in {failure.phase} {where}"
     else:
-        error = EnvStepError(
-            f"env {index} raised in step {where} at pool {phase} with action {action!r}: "
-            f"{summary}\n\n{text}",
-            index,
-            step,
-            action,
-        )
+        head = f"{who} raised in {failure.phase} {where}"
+    if failure.phase == "reset":
+        head += f" during pool {phase}"
+    elif not startup:
+        action = None if actions is None or index is None else actions[index].tolist()
+        head += f" at pool {phase} with action {action!r}"
+    detail = str(cause) if shape_error else failure.summary
+    text = "" if shape_error else failure.traceback_text
+    message = f"{head}: {detail}" + (f"\n{failure.note}" if failure.note else "")
+    message += f"\n\n{text}" if text else ""
+    if startup:
+        error = EnvConstructionError(message, index)
+    elif failure.phase == "reset":
+        error = EnvResetError(message, index, step)
+    else:
+        error = EnvStepError(message, index, step, action)
     error.__cause__ = cause
     return error
 
 
+def with_first_line(error: EnvPoolError, text: str) -> EnvPoolError:
+    """``error`` with ``text`` put before its message: in the message itself, which is all the
+    CLI prints (a note added with ``add_note`` would only show in a traceback)."""
+    error.args = (f"{text}{error.args[0] if error.args else ''}", *error.args[1:])
+    return error
+
+
 def first_error(faults: list[Fault], phase: str, context: FaultContext, step: int, actions):
-    """The most telling error of ``faults`` (env errors, then deaths, then timeouts, these
-    merged into one), or None."""
+    """The most telling error of ``faults`` (an interruption, then env errors, then deaths,
+    then timeouts; interruptions and timeouts each merged into one), or None."""
     if not faults:
         return None
-    order = {"env": 0, "nonfinite": 1, "died": 2, "timeout": 3}
+    order = {"interrupted": 0, "env": 1, "nonfinite": 2, "died": 3, "timeout": 4}
     first = min(faults, key=lambda f: (order[f.kind], f.slot))
     if first.kind == "timeout":
         return _timeout([f for f in faults if f.kind == "timeout"], phase, context)
+    if first.kind == "interrupted":
+        return _interrupted([f for f in faults if f.kind == "interrupted"], phase, context, step)
     return error_of(first, phase, context, step, actions)
 
 
 def _timeout(faults: list[Fault], phase: str, context: FaultContext) -> EnvTimeoutError:
     slots = sorted(f.slot for f in faults)
+    if len(faults) == 1 and faults[0].payload:  # a constructor interrupted in-process
+        return EnvTimeoutError(slots, list(faults[0].payload), context.start_timeout, "start", True)
     envs = [i for slot in slots for i in context.groups[slot]]
     if phase == "startup":
         return EnvTimeoutError(slots, envs, context.start_timeout, "start")
     return EnvTimeoutError(slots, envs, context.step_timeout, phase)
+
+
+def _interrupted(faults: list[Fault], phase: str, context: FaultContext, step: int):
+    slots = sorted(f.slot for f in faults)
+    envs = [i for slot in slots for i in context.groups[slot]]
+    return EnvInterruptedError(slots, envs, phase, step)
 
 
 def describe_exitcode(exitcode: int | None) -> str:

@@ -41,6 +41,13 @@ class FaultyEnv(gymnasium.Env):
     of the pool's startup probe, which would count). ``exit_how``: "exit" (``os._exit(3)``) or
     "sigkill"; only use these in worker processes. ``close_path``: ``close()`` appends the
     env index and a newline to that file (to see which envs were closed).
+
+    Bad observations: ``reshape_at_step``/``reshape_at_reset`` return one of shape
+    ``reshape_to`` at that step or reset; ``obs_dtype`` is the dtype the fault envs return
+    (the space stays float32); ``obs_bound`` declares the Box as ``[-obs_bound, obs_bound]``
+    (the walk stays within ``obs_size + 1``) and ``out_of_bounds_at_step`` returns twice the
+    bound there. ``startup_probe``: True keeps the pool's startup probe although faults count
+    calls (a reset fault at reset 1 then fires in the probe).
     """
 
     metadata = {"render_modes": []}
@@ -71,6 +78,13 @@ class FaultyEnv(gymnasium.Env):
         nonfinite_value: float = float("nan"),
         both_flags_at_step: int | None = None,
         close_path: str | None = None,
+        reshape_at_step: int | None = None,
+        reshape_at_reset: int | None = None,
+        reshape_to: tuple[int, ...] = (3,),
+        obs_dtype: str = "float32",
+        obs_bound: float | None = None,
+        out_of_bounds_at_step: int | None = None,
+        startup_probe: bool | None = None,
     ):
         faults = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.faults = types.SimpleNamespace(**faults)
@@ -78,18 +92,18 @@ class FaultyEnv(gymnasium.Env):
         self.continuous = continuous
         self.max_episode_steps = max_episode_steps
         self.burn_ns = int(burn_us * 1000)
-        self.step_faults = (
-            any(
-                x is not None
-                for x in (crash_at_step, stall_at_step, exit_at_step, nonfinite_at_step)
-            )
-            or bool(crash_step_prob)
-            or both_flags_at_step is not None
-        )
-        if self.step_faults or crash_at_reset is not None or crash_reset_prob:
+        at_step = (crash_at_step, stall_at_step, exit_at_step, nonfinite_at_step)
+        at_step += (both_flags_at_step, reshape_at_step, out_of_bounds_at_step)
+        self.step_faults = any(x is not None for x in at_step) or bool(crash_step_prob)
+        self.obs_dtype = np.dtype(obs_dtype) if self._in_fault_envs() else np.dtype(np.float32)
+        self.cast = self.obs_dtype != np.float32
+        reset_faults = crash_at_reset is not None or reshape_at_reset is not None
+        reset_faults = reset_faults or bool(crash_reset_prob)
+        if startup_probe is False or (startup_probe is None and (self.step_faults or reset_faults)):
             # the faults count calls from construction: no startup probe (checks.probe_env)
             self.metadata = {**self.metadata, "fleetrl_startup_probe": False}
-        self.observation_space = spaces.Box(-np.inf, np.inf, (obs_size,), np.float32)
+        bound = np.inf if obs_bound is None else obs_bound
+        self.observation_space = spaces.Box(-bound, bound, (obs_size,), np.float32)
         if continuous:
             self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
         else:
@@ -117,7 +131,12 @@ class FaultyEnv(gymnasium.Env):
         self.noise = random.Random(int(self.np_random.integers(2**62)))
         self.position = self.noise.uniform(-0.05, 0.05)
         self.episode_steps = 0
-        return self.scale * np.float32(self.position), {}
+        obs = self.scale * np.float32(self.position)
+        if self.cast:
+            obs = obs.astype(self.obs_dtype)
+        if f.reshape_at_reset == self.num_resets and self._fault():
+            obs = np.resize(obs, f.reshape_to)
+        return obs, {}
 
     def step(self, action: Any):
         self.num_steps += 1
@@ -130,6 +149,8 @@ class FaultyEnv(gymnasium.Env):
             push = 2.0 * action - 1.0
         self.position += 0.1 * push + self.noise.gauss(0.0, 0.05)
         obs = self.scale * np.float32(self.position)
+        if self.cast:
+            obs = obs.astype(self.obs_dtype)
         terminated = abs(self.position) > 1.0
         truncated = self.episode_steps >= self.max_episode_steps
         if not self.step_faults:
@@ -155,6 +176,10 @@ class FaultyEnv(gymnasium.Env):
                 reward = f.nonfinite_value
         if f.both_flags_at_step == n:
             terminated = truncated = True
+        if f.reshape_at_step == n and self._fault():
+            obs = np.resize(obs, f.reshape_to)
+        if f.out_of_bounds_at_step == n and self._fault():
+            obs[0] = 2 * f.obs_bound
         return obs, reward, terminated, truncated, {}
 
     def close(self) -> None:
@@ -162,10 +187,13 @@ class FaultyEnv(gymnasium.Env):
             with open(self.faults.close_path, "a") as closed:
                 closed.write(f"{self.env_index}\n")
 
+    def _in_fault_envs(self) -> bool:
+        return self.faults.fault_envs is None or self.env_index in self.faults.fault_envs
+
     def _fault(self) -> bool:
         """Whether a fault may fire here now; records it in the counter file if so."""
         f = self.faults
-        if f.fault_envs is not None and self.env_index not in f.fault_envs:
+        if not self._in_fault_envs():
             return False
         if f.counter_path is None:
             return True

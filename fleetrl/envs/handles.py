@@ -2,7 +2,9 @@
 
 Both offer the same small interface, so the pool treats ``num_workers=0`` like any other count:
 ``info`` (spaces reported at startup), ``attach``, ``send(code, payload)``, ``wait`` (``None``,
-a `Fault` or `PENDING`), ``request_close``, ``kill`` and ``finish(deadline)``.
+a `Fault` or `PENDING`), ``request_close``, ``kill`` and ``finish(deadline)``. Warnings their
+envs raise for the parent (`fleetrl.envs.worker.EnvGroup.notes`) land in the ``notes`` list
+they were given.
 
 Signalling, measured on our 2-core VM (20k round trips, median of 3): a parent waking one
 worker and waiting for its answer took 26 us with a pipe (``send_bytes``/``recv_bytes`` of one
@@ -22,14 +24,28 @@ invocations each, docs/BENCHMARKS.md section 9); CartPole showed no difference b
 
 from __future__ import annotations
 
+import math
 import os
+import signal
+import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager
 from multiprocessing import connection
 from typing import Any
 
 from fleetrl.envs import worker as worker_module
 from fleetrl.envs.errors import Fault
-from fleetrl.envs.worker import OK, EnvFault, EnvGroup, WorkerConfig, build_envs, describe_envs
+from fleetrl.envs.worker import (
+    FAILED,
+    OK,
+    EnvFault,
+    EnvGroup,
+    StartTimeout,
+    WorkerConfig,
+    build_envs,
+    describe_envs,
+)
 
 POLL_SECONDS = 0.1
 """How often a waiting parent checks that a worker is still alive: death shows within this."""
@@ -43,32 +59,47 @@ PENDING = object()
 
 
 def fault_of(error: EnvFault, slot: int) -> Fault:
-    return Fault("env", slot, (error.phase, error.env_index, error.traceback_text, error.error))
+    if isinstance(error.error, StartTimeout):  # a constructor interrupted in-process
+        return Fault("timeout", slot, (error.env_index,))
+    return Fault("env", slot, error.failure(error.error))
 
 
 class InProcessWorker:
-    """Envs stepped in the parent process: ``send`` does the work, ``wait`` reports it."""
+    """Envs stepped in the parent process: ``send`` does the work, ``wait`` reports it.
 
-    def __init__(self, slot: int, indices: range, make_env: Any, call_style: str):
+    Their constructors get ``start_timeout`` seconds (`interrupt_after`; on the main thread
+    only), as a worker process does.
+    """
+
+    def __init__(self, slot, indices: range, make_env, call_style: str, timeout: float, notes):
         self.slot = slot
         self.indices = indices
-        self.envs = build_envs(make_env, indices, call_style)
+        with interrupt_after(timeout, lambda: StartTimeout(timeout)):
+            self.envs = build_envs(make_env, indices, call_style)
         self.info = describe_envs(self.envs)
         self.group: EnvGroup | None = None
         self.pending: Fault | None = None
-        self.healthy = True
+        self.responsive = True
+        self.notes = notes
 
     def attach(self, arrays: dict, shm_name: str | None, layout, action_offset: int) -> None:
         self.group = EnvGroup(self.envs, self.indices.start, arrays, self.slot, action_offset)
 
     def send(self, code: int, payload: Any = None) -> None:
+        group = self.group
         try:
             if code == worker_module.STEP:
-                self.group.step()
+                group.step()
             else:
-                self.group.reset(payload)
+                group.reset(payload)
         except EnvFault as error:
             self.pending = fault_of(error, self.slot)
+        except Exception as error:  # outside one env's calls: as `worker._serve` reports it
+            phase = "reset" if code == worker_module.RESET else "step"
+            self.pending = fault_of(EnvFault(phase, None, error), self.slot)
+        if group.notes:
+            self.notes.extend(group.notes)
+            group.notes.clear()
 
     def wait(self, deadline: float, status, timeout: float, spin: float = 0.0) -> Fault | None:
         fault, self.pending = self.pending, None
@@ -90,13 +121,19 @@ class InProcessWorker:
 
 
 class ProcessWorker:
-    """A spawned worker process stepping ``indices``; see `fleetrl.envs.worker.worker_main`."""
+    """A spawned worker process stepping ``indices``; see `fleetrl.envs.worker.worker_main`.
 
-    def __init__(self, ctx, config: WorkerConfig):
+    ``responsive``: the process is alive and will see a command (it may be busy with one);
+    False once it died or was killed (a hung step). A worker that reported an env's exception
+    stays responsive: it waits idle for the next command, so that it can close its envs.
+    """
+
+    def __init__(self, ctx, config: WorkerConfig, notes: list):
         self.slot = config.slot
         self.indices = config.indices
         self.info: dict | None = None
-        self.healthy = True
+        self.responsive = True
+        self.notes = notes
         self.conn, child_conn = ctx.Pipe()
         self.command_sem = ctx.Semaphore(0)
         self.done_sem = ctx.Semaphore(0)
@@ -139,7 +176,7 @@ class ProcessWorker:
         if self.process.exitcode is not None:
             if self.done_sem.acquire(False):  # it answered, then died: the next step sees it
                 return self._answer(status)
-            self.healthy = False
+            self.responsive = False
             return Fault("died", self.slot, exitcode=self.process.exitcode)
         if time.monotonic() > deadline:
             self.kill()
@@ -147,21 +184,28 @@ class ProcessWorker:
         return PENDING
 
     def _answer(self, status) -> Fault | None:
-        if status[self.slot, 0] == OK:
+        code = status[self.slot, 0]
+        if code == OK:
             return None
-        self.healthy = False
-        if self.conn.poll(PAYLOAD_SECONDS):
+        if self.conn.poll(PAYLOAD_SECONDS):  # the traceback (FAILED) or notes (NOTED)
             try:
-                return Fault("env", self.slot, self.conn.recv())
+                message = self.conn.recv()
             except (EOFError, OSError):
                 pass
+            else:
+                if code == FAILED:
+                    return Fault("env", self.slot, message)
+                self.notes.extend(message)
+                return None
+        self.responsive = False
         return Fault("died", self.slot, exitcode=self.process.exitcode)
 
     # ---- shutdown ----
 
     def request_close(self, arrays: dict | None) -> None:
-        """Ask a healthy worker to close its envs and exit (it sees the request when idle)."""
-        if self.healthy and arrays is not None and self.process.exitcode is None:
+        """Ask a responsive worker to close its envs and exit (it sees the request when idle);
+        kill any other."""
+        if self.responsive and arrays is not None and self.process.exitcode is None:
             arrays["command"][self.slot, 0] = worker_module.CLOSE
             self.command_sem.release()
         else:
@@ -185,13 +229,14 @@ class ProcessWorker:
         self.command_sem = self.done_sem = None
 
     def kill(self) -> None:
-        self.healthy = False
+        self.responsive = False
         if self.process.exitcode is None:
             self.process.kill()
 
 
-def gather(workers: list, timeout: float) -> dict[int, Any]:
-    """The next pipe message of each worker, or a `Fault` for those that died or took too long
+def gather(workers: list, timeout: float, should_stop: Callable[[], bool] | None = None):
+    """The next pipe message of each worker, or a `Fault` for those that died, took too long
+    or were still pending when ``should_stop()`` turned True (checked every `POLL_SECONDS`)
     (startup: spaces, then "ready"). Returns ``{slot: message or Fault}``."""
     results: dict[int, Any] = {}
     pending = {w.slot: w for w in workers if isinstance(w, ProcessWorker)}
@@ -202,11 +247,16 @@ def gather(workers: list, timeout: float) -> dict[int, Any]:
             for slot in pending:
                 results[slot] = Fault("timeout", slot)
             break
+        if should_stop is not None and should_stop():
+            for slot in pending:
+                results[slot] = Fault("interrupted", slot)
+            break
         handles = {}
         for w in pending.values():
             handles[w.conn] = w
             handles[w.process.sentinel] = w
-        for ready in connection.wait(list(handles), remaining):
+        poll = remaining if should_stop is None else min(remaining, POLL_SECONDS)
+        for ready in connection.wait(list(handles), poll):
             w = handles[ready]
             if w.slot not in pending:
                 continue
@@ -221,31 +271,81 @@ def gather(workers: list, timeout: float) -> dict[int, Any]:
             except (EOFError, OSError):
                 pass
             w.process.join(1.0)
-            w.healthy = False
+            w.responsive = False
             results[w.slot] = Fault("died", w.slot, exitcode=w.process.exitcode)
     return results
 
 
-def wait_all(workers: list, status, deadline: float, stop_at_fault: bool, spin: float = 0.0):
+def wait_all(
+    workers: list, status, deadline: float, stop_at_fault: bool, spin=0.0, should_stop=None
+):
     """Collect every worker's answer: ``{slot: Fault}`` for those that failed.
 
     Waits on one worker at a time (busy for ``spin`` seconds, then blocking for `POLL_SECONDS`)
     and between those waits checks the others without blocking, so a death or a passed deadline
-    anywhere shows within `POLL_SECONDS`. ``stop_at_fault``: return at the first fault, leaving
-    the others mid-step.
+    anywhere shows within `POLL_SECONDS`; so does ``should_stop()`` turning True, which ends
+    the wait with an "interrupted" fault for each worker still busy. ``stop_at_fault``: return
+    at the first fault, leaving the others mid-step.
     """
     faults: dict[int, Fault] = {}
     pending = list(workers)
     while pending:
         still = []
+        polled = False  # a blocking wait ran out: time to ask should_stop
         for position, worker in enumerate(pending):
             first = position == 0
             result = worker.wait(deadline, status, POLL_SECONDS if first else 0.0, spin * first)
             if result is PENDING:
                 still.append(worker)
+                polled = polled or first
             elif result is not None:
                 faults[worker.slot] = result
                 if stop_at_fault:
                     return faults
         pending = still
+        if polled and should_stop is not None and should_stop():
+            faults.update((w.slot, Fault("interrupted", w.slot)) for w in pending)
+            return faults
     return faults
+
+
+@contextmanager
+def interrupt_after(seconds: float, make_error: Callable[[], BaseException]):
+    """Raise ``make_error()`` into this block if it runs longer than ``seconds``: a SIGALRM
+    (``setitimer``), which also breaks a blocking call such as ``time.sleep``. Restores the
+    previous SIGALRM handler and timer (pytest-timeout's, say) afterwards; if that timer was
+    due first, it fires as it would have. Only Python's main thread gets signals: elsewhere
+    (a pool restarting a worker from a JAX callback thread) the block runs unbounded.
+    """
+    previous = signal.getsignal(signal.SIGALRM)
+    main = threading.current_thread() is threading.main_thread()
+    if not main or previous is None:  # None: a handler not set from Python, not restorable
+        yield
+        return
+    start = time.monotonic()
+    delay, interval = signal.setitimer(signal.ITIMER_REAL, 0)
+    # a previous timer without a Python handler (SIG_IGN) is only restored afterwards
+    previous_at = start + delay if delay and callable(previous) else math.inf
+    handed_back = False
+
+    def on_alarm(signum, frame):
+        nonlocal handed_back
+        if time.monotonic() < previous_at - 1e-3:
+            raise make_error()
+        handed_back = True  # the previous timer came first: its handler, as if we were not here
+        signal.signal(signal.SIGALRM, previous)
+        if interval:
+            signal.setitimer(signal.ITIMER_REAL, interval, interval)
+        previous(signum, frame)
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, max(min(seconds, previous_at - start), 1e-6))
+    try:
+        yield
+    finally:
+        if not handed_back:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+            if delay:
+                left = max(start + delay - time.monotonic(), 1e-6)
+                signal.setitimer(signal.ITIMER_REAL, left, interval)

@@ -16,6 +16,10 @@ original error, with its env index and traceback, as soon as the driver gets con
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any
 
 import jax
@@ -23,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from fleetrl.envs.callback import host_call
+from fleetrl.envs.checks import PoolSpec
+from fleetrl.envs.errors import EnvConstructionError
 from fleetrl.envs.pool import EnvPool, HostTimeStep
 from fleetrl.envs.worker import EnvFactory, register_atari
 from fleetrl.types import Array, EnvSpec, TimeStep
@@ -60,6 +66,20 @@ def _atari(env_id: str, kwargs: dict[str, Any]) -> Any:
     return gymnasium.wrappers.FrameStackObservation(env, 4)
 
 
+def _in_background(make: Callable[[], Any]) -> Future:
+    """``make()`` on a daemon thread (an exit never waits for it); its result as a Future."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(make())
+        except BaseException as error:  # handed to whoever waits for it
+            future.set_exception(error)
+
+    threading.Thread(target=run, name="fleetrl-start-envs", daemon=True).start()
+    return future
+
+
 def _unpack(packed) -> TimeStep:
     """The callback's two arrays as a TimeStep (episode lengths are exact in float32 < 2^24)."""
     obs_pair, scalars = packed
@@ -81,10 +101,12 @@ class HostEnv:
     ``vmap``-able: a host env serves one seed.
     """
 
-    def __init__(self, pool: EnvPool):
-        self.pool = pool
-        self.spec: EnvSpec = pool.spec.as_env_spec()
-        self.observation_dtype = np.dtype(pool.spec.observation_dtype)
+    def __init__(self, pool: EnvPool | Future, make_pool=None, pool_spec: PoolSpec | None = None):
+        self._pool = pool  # a Future while it starts beside compilation (`from_config`)
+        self._make_pool = make_pool  # for `restart`
+        self.pool_spec = pool_spec or pool.spec
+        self.spec: EnvSpec = self.pool_spec.as_env_spec()
+        self.observation_dtype = np.dtype(self.pool_spec.observation_dtype)
         self.error: BaseException | None = None
         self.clip_fraction_sum = 0.0
         self.num_host_steps = 0
@@ -97,23 +119,64 @@ class HostEnv:
         )
 
     @classmethod
-    def from_config(cls, config, num_envs: int, num_workers: int | None = None) -> HostEnv:
+    def from_config(
+        cls, config, num_envs: int, num_workers: int | None = None, beside: HostEnv | None = None
+    ) -> HostEnv:
         """A host env for an ``EnvConfig`` (``num_workers`` overrides the config's); its id
-        was checked by `fleetrl.envs.make`."""
+        was checked by `fleetrl.envs.make`. ``beside``: a host env of the same config, whose
+        spec this one shares; the pool then starts on a thread and the env is returned at once.
+
+        Why ``beside``: the evaluation env's worker process took 0.2-0.7 s to start (spawn,
+        imports, the startup probe), which the trainer waited for before compiling; started
+        beside compilation it costs nothing (docs/BENCHMARKS.md, section 12). Its start fails
+        late, at the first evaluation, only where the training env of the same config started.
+        """
+        from fleetrl.interrupts import STOP_REQUESTED
+
         factory = GymnasiumFactory(config.id, tuple(config.env_kwargs().items()), config.preprocess)
         workers = config.num_workers if num_workers is None else num_workers
-        pool = EnvPool(
+        make_pool = functools.partial(
+            EnvPool,
             factory,
             num_envs,
             workers,
             seed=None,
             step_timeout=config.step_timeout,
+            start_timeout=config.start_timeout,
             on_error=config.on_error,
             max_restarts=config.max_restarts,
+            check_finite=config.check_finite,
             parent_steps=config.parent_steps and workers > 0,
             env_id=config.id,
+            # a SIGINT/SIGTERM stops a wait for a hung worker (checkpoint, exit 130)
+            should_stop=STOP_REQUESTED.is_set,
         )
-        return cls(pool)
+        if beside is None:
+            return cls(make_pool(), make_pool)
+        spec = dataclasses.replace(beside.pool_spec, num_envs=num_envs)
+        return cls(_in_background(make_pool), make_pool, spec)
+
+    @property
+    def pool(self) -> EnvPool:
+        """The pool; waits for one still starting (`from_config`), raising its start's error."""
+        if isinstance(self._pool, Future):
+            pool = self._pool.result()
+            if pool.spec.observation_shape != self.pool_spec.observation_shape:
+                pool.close()
+                raise EnvConstructionError(
+                    f"{pool.spec.env_id}: the evaluation envs' observations have shape "
+                    f"{pool.spec.observation_shape}, the training envs' "
+                    f"{self.pool_spec.observation_shape}"
+                )
+            self._pool = pool
+        return self._pool
+
+    def restart(self) -> None:
+        """Replace the pool by a fresh one (after a failure the pool only closes): for an
+        evaluation env, whose compiled program calls this object's methods."""
+        self.error = None
+        self.close()
+        self._pool = self._make_pool()
 
     # ---- the Env contract (jittable) -------------------------------------------------------
 
@@ -179,4 +242,10 @@ class HostEnv:
         return metrics
 
     def close(self) -> None:
-        self.pool.close()
+        """Close the pool (a starting one once it has started; one that failed to start has
+        nothing to close)."""
+        try:
+            pool = self.pool
+        except Exception:
+            return
+        pool.close()

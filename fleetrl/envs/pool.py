@@ -10,7 +10,8 @@ memory and answers. No JAX here: `fleetrl.envs.host` wraps this NumPy-level API.
 Failures are loud and bounded (reliability cases F1-F7, I1-I12 of our reference list): an env
 that raises becomes an `EnvStepError`/`EnvResetError`/`EnvConstructionError` with the env index,
 the pool step, the action and the worker's traceback; a worker that dies becomes a
-`WorkerDiedError` within 0.1 s; a hung step an `EnvTimeoutError` after ``step_timeout``. With
+`WorkerDiedError` within 0.1 s; a hung step an `EnvTimeoutError` after ``step_timeout``, or an
+`EnvInterruptedError` within 0.1 s of the caller's ``should_stop()`` turning True. With
 ``on_error="restart"`` the pool instead replaces the failed worker, resets its envs and reports
 their episodes as truncated. ``close()`` is idempotent, takes at most a few seconds, leaves no
 process and no shared memory behind, and also runs when a forgotten pool is garbage-collected
@@ -20,8 +21,11 @@ or the interpreter exits.
 from __future__ import annotations
 
 import collections
+import sys
 import time
+import warnings
 import weakref
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import Any, Literal, NamedTuple
 
@@ -31,11 +35,14 @@ from fleetrl.envs import checks
 from fleetrl.envs.checks import PoolSpec
 from fleetrl.envs.errors import (
     EnvConstructionError,
+    EnvInterruptedError,
     EnvPoolError,
+    EnvPoolWarning,
     Fault,
     FaultContext,
     error_of,
     first_error,
+    with_first_line,
 )
 from fleetrl.envs.worker import RESET, STEP, EnvFactory, Layout
 from fleetrl.envs.workerset import WorkerSet, release
@@ -111,11 +118,24 @@ class EnvPool:
     ``max_restarts`` restarts fall within `RESTART_WINDOW` batched steps (an env that fails
     for good, even if only every few steps), the next fault raises the last error: occasional
     faults over a long run never exhaust it.
-    ``step_timeout`` applies to worker processes only (an in-process env cannot be
-    interrupted).
+    ``step_timeout`` applies to worker processes only (an in-process env's step cannot be
+    interrupted); ``start_timeout`` to worker processes and to in-process constructors run on
+    the main thread (a SIGALRM: `fleetrl.envs.handles.interrupt_after`).
+
+    ``should_stop``: called every `fleetrl.envs.handles.POLL_SECONDS` (0.1 s) while the pool
+    waits for workers; once it returns True the wait ends with an
+    `fleetrl.envs.errors.EnvInterruptedError` (a trainer's Ctrl+C need not wait for a hung
+    worker's ``step_timeout``). Like any error, it leaves the pool closable only.
 
     ``check_finite``: NaN/Inf in an observation or reward is an `EnvStepError` (or a restart);
     it costs one float64 sum per step (2.5 us with 16 CartPole envs).
+
+    Observations must keep their space's shape exactly (else an `EnvStepError` or
+    `EnvResetError`). Two things pass with an `fleetrl.envs.errors.EnvPoolWarning`, once per
+    pool each: an observation of another dtype than its space's (the pool casts it to its own
+    dtype, see `HostTimeStep`), checked on each env's first reset and step; and one outside a
+    Box's finite bounds (passed through unchanged), checked over the batch on every step for
+    the first `checks.BOUNDS_EVERY` (1,000) steps, then on every 1,000th.
 
     Speed (docs/BENCHMARKS.md, "Host env pool"): ``parent_steps=True`` makes the parent step one
     share of the envs itself while the ``num_workers`` processes step theirs, instead of idling
@@ -143,6 +163,7 @@ class EnvPool:
         pin_workers: bool = False,
         spin_us: float = 300.0,
         env_id: str | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ):
         timeouts = (step_timeout, start_timeout)
         checks.check_pool_arguments(
@@ -168,11 +189,14 @@ class EnvPool:
         """Envs whose worker was restarted during the last ``step``/``reset``."""
         self.spec: PoolSpec | None = None
         self._label = env_id or getattr(make_env, "__name__", type(make_env).__name__)
+        if should_stop is not None and not callable(should_stop):
+            raise TypeError(f"should_stop: must be callable or None, got {should_stop!r}")
         options = dict(
             start_timeout=start_timeout,
             pin_workers=pin_workers,
             spin_us=spin_us,
             parent_steps=parent_steps,
+            should_stop=should_stop,
         )
         self._workers = WorkerSet(make_env, num_envs, num_workers, options)
         self._context = FaultContext(
@@ -190,6 +214,9 @@ class EnvPool:
         self._deadline = 0.0
         self._prev: tuple | None = None
         self._restart_seed = seed
+        self._bounds: tuple | None = None  # (low, high) to check observations against
+        self._next_bounds_check = 0  # the pool step at which to check them
+        self._warned: set[str] = set()  # kinds of EnvPoolWarning shown
         try:
             self._start(env_id)
         except BaseException:
@@ -306,6 +333,7 @@ class EnvPool:
         workers.allocate(layout, int(getattr(spec.action_space, "start", 0)))
         self._arrays = workers.arrays
         self._raise_first(workers.attach(range(len(workers.groups))), "startup")
+        self._bounds = checks.observation_bounds(spec.observation_space, spec.observation_dtype)
 
     def _restart(self, slot: int, error: EnvPoolError) -> None:
         """Replace worker ``slot`` by a fresh one with reset envs; raise ``error`` (the last
@@ -317,12 +345,12 @@ class EnvPool:
             while recent and recent[0] <= self.num_steps - RESTART_WINDOW:
                 recent.popleft()
             if len(recent) >= self.max_restarts:
-                error.add_note(
+                raise with_first_line(
+                    error,
                     f"EnvPool gave up after {len(recent)} worker restarts within "
                     f"{RESTART_WINDOW} steps (max_restarts={self.max_restarts}; "
-                    f"{self.num_restarts} in all)"
+                    f"{self.num_restarts} in all); the last failure: ",
                 )
-                raise error
             self.num_restarts += 1
             recent.append(self.num_steps)
             try:
@@ -344,6 +372,8 @@ class EnvPool:
                     raise self._error(fault, "reset after a restart")
                 self.last_restarted[indices.start : indices.stop] = True
                 return
+            except EnvInterruptedError:
+                raise
             except EnvPoolError as next_error:
                 error = next_error
 
@@ -360,10 +390,15 @@ class EnvPool:
     def _finish(self, faults: dict[int, Fault], phase: str, stepped: bool) -> HostTimeStep:
         """Turn the shared arrays into a `HostTimeStep`, raising or restarting on faults."""
         if faults:
-            if self.on_error == "raise":
+            interrupted = any(f.kind == "interrupted" for f in faults.values())
+            if self.on_error == "raise" or interrupted:  # never restart on the way out
                 self._raise_first(list(faults.values()), phase)
             for slot, fault in sorted(faults.items()):
                 self._restart(slot, self._error(fault, phase))
+        if self._workers.notes:
+            self._warn_notes()
+        if self._bounds is not None and self.num_steps >= self._next_bounds_check:
+            self._check_bounds(phase)
         a = self._arrays
         timestep = HostTimeStep(
             a["obs"].copy(),
@@ -405,6 +440,38 @@ class EnvPool:
             slot = self._workers.slot_of(index)
             faults.setdefault(slot, Fault("nonfinite", slot, (index, what)))
         return faults
+
+    def _warn_notes(self) -> None:
+        """Show each kind of the workers' warnings once per pool (`EnvPoolWarning`)."""
+        notes = self._workers.notes  # shared with the workers: emptied in place
+        for kind, _, text in notes:
+            self._warn(kind, text)
+        notes.clear()
+
+    def _check_bounds(self, phase: str) -> None:
+        self._next_bounds_check = checks.next_bounds_check(self.num_steps)
+        found = checks.find_out_of_bounds(self._arrays, self._bounds)
+        if found is None:
+            return
+        index, element, value, low, high = found
+        self._warn(
+            "bounds",
+            f"env {index} returned an observation outside its observation space "
+            f"{self.spec.observation_space} at pool {phase}: element {element} is {value:g}, "
+            f"bounds [{low:g}, {high:g}]; fleetrl passes values beyond the bounds through "
+            f"unchanged (warned once per pool; checked on every step for the first "
+            f"{checks.BOUNDS_EVERY} steps, then on every {checks.BOUNDS_EVERY}th)",
+        )
+        self._bounds = None  # warned: nothing more to check
+
+    def _warn(self, kind: str, text: str) -> None:
+        if kind in self._warned:
+            return
+        self._warned.add(kind)
+        frame, level = sys._getframe(), 1  # point the warning at the pool's caller
+        while frame.f_back is not None and frame.f_code.co_filename == __file__:
+            frame, level = frame.f_back, level + 1
+        warnings.warn(text, EnvPoolWarning, stacklevel=level)
 
     def _seed_payloads(self, seed: int | None) -> dict[int, list | None]:
         """Reset payload per worker: the seeds of its envs (None: unseeded)."""

@@ -28,6 +28,8 @@ class WorkerSet:
 
     Workers are started with the "spawn" method (the parent runs JAX, which is not fork-safe).
     With ``pin_workers`` each is pinned to one CPU, CPUs the parent is not pinned to first.
+    Waits end early when ``should_stop()`` turns True (`fleetrl.envs.handles.wait_all`);
+    ``notes`` collects the workers' warnings for the pool to show.
     """
 
     def __init__(self, make_env: Any, num_envs: int, num_workers: int, options: dict):
@@ -38,6 +40,8 @@ class WorkerSet:
         self.make_env = make_env
         self.call_style = call_style(make_env)
         self.start_timeout = options["start_timeout"]
+        self.should_stop = options.get("should_stop")
+        self.notes: list[tuple[str, int, str]] = []
         self.spin_seconds = options["spin_us"] * 1e-6
         self.cpus = worker_cpus() if options["pin_workers"] else None
         self.context = multiprocessing.get_context("spawn")
@@ -55,18 +59,19 @@ class WorkerSet:
         started = []
         for slot in slots:
             if slot in self.local_slots:
+                group, timeout = self.groups[slot], self.start_timeout
                 try:
                     worker = InProcessWorker(
-                        slot, self.groups[slot], self.make_env, self.call_style
+                        slot, group, self.make_env, self.call_style, timeout, self.notes
                     )
                 except EnvFault as error:
                     return [fault_of(error, slot)]
             else:
-                worker = ProcessWorker(self.context, self._config(slot))
+                worker = ProcessWorker(self.context, self._config(slot), self.notes)
                 self.resources.names.extend(worker.names)
             self.resources.workers[slot] = worker
             started.append(worker)
-        results = gather(started, self.start_timeout)
+        results = gather(started, self.start_timeout, self.should_stop)
         for worker in started:
             if worker.slot in results and not isinstance(results[worker.slot], Fault):
                 worker.info = results[worker.slot][1]
@@ -91,14 +96,16 @@ class WorkerSet:
         name = None if self.resources.shm is None else self.resources.shm.name
         for worker in workers:
             worker.attach(self.arrays, name, self.layout, self.action_offset)
-        results = gather(workers, self.start_timeout)
+        results = gather(workers, self.start_timeout, self.should_stop)
         return [r for r in results.values() if isinstance(r, Fault)]
 
     def replace(self, slot: int) -> list[Fault]:
-        """Kill worker ``slot`` and start an attached fresh one (its envs not reset yet)."""
+        """Stop worker ``slot`` (a responsive one closes its envs first, within
+        `CLOSE_GRACE_SECONDS`; a dead or hung one is killed) and start an attached fresh one
+        (its envs not reset yet)."""
         old = self.workers[slot]
-        old.kill()
-        old.finish(time.monotonic())
+        old.request_close(self.arrays)
+        old.finish(time.monotonic() + CLOSE_GRACE_SECONDS)
         return self.launch([slot]) or self.attach([slot])
 
     def send(self, code: int, payloads: dict | None = None, slots=None) -> None:
@@ -122,7 +129,8 @@ class WorkerSet:
         that only waits blocks at once, leaving its core to the workers."""
         workers = self.workers if slots is None else [self.workers[s] for s in slots]
         spin = self.spin_seconds if self.local_slots else 0.0
-        return wait_all(workers, self.arrays["status"], deadline, stop_at_fault, spin)
+        status = self.arrays["status"]
+        return wait_all(workers, status, deadline, stop_at_fault, spin, self.should_stop)
 
     def slot_of(self, env_index: int) -> int:
         return next(slot for slot, group in enumerate(self.groups) if env_index in group)

@@ -93,6 +93,11 @@ class Config:
             "algo.hidden_sizes",
             f"sizes must be >= 1, got {self.hidden_sizes}",
         )
+        require(  # tyro takes `--algo.hidden-sizes` with nothing after it as ()
+            self.network != "mlp" or len(self.hidden_sizes) > 0,
+            "algo.hidden_sizes",
+            "an mlp network needs at least one hidden layer, got none",
+        )
 
 
 def check_config(run) -> None:
