@@ -13,8 +13,9 @@ from fleetrl.algos import get_algorithm
 from fleetrl.config import ConfigError, RunConfig
 
 
-def build(run: RunConfig):
-    """The training env, evaluation env and algorithm of ``run``; checks the env fits the algo."""
+def build(run: RunConfig, evaluation: bool = True):
+    """The training env, evaluation env (None without ``evaluation``) and algorithm of ``run``;
+    checks the env fits the algo."""
     module = get_algorithm(run.algorithm)
     if envs.resolve_backend(run.env) == "gymnasium" and run.train.num_seeds > 1:
         raise ConfigError(
@@ -24,7 +25,10 @@ def build(run: RunConfig):
     env = envs.make(run.env)
     try:
         module.check_spec(env.spec)
-        eval_env = envs.make(_eval_env_config(run), num_envs=run.train.eval_episodes, beside=env)
+        eval_env = None
+        if evaluation:
+            eval_config = _eval_env_config(run)
+            eval_env = envs.make(eval_config, num_envs=run.train.eval_episodes, beside=env)
     except BaseException:
         close_envs(env)
         raise

@@ -379,15 +379,16 @@ def _check_version(mpath: Path, manifest: dict) -> None:
     writer = f"written by fleetrl {manifest.get('fleetrl_version', '?')} in format v{version}"
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{mpath}: {writer}; {reads}: upgrade fleetrl")
-    if version < MIN_FORMAT_VERSION and version < 1:
+    if version >= MIN_FORMAT_VERSION:
+        return
+    if version < 1:
         raise CheckpointError(
             f"{mpath}: written in format v{version}, which no fleetrl release wrote; {reads}"
         )
-    if version < MIN_FORMAT_VERSION:
-        raise CheckpointError(
-            f"{mpath}: {writer}; {reads}: load it with an older fleetrl release that reads "
-            f"v{version}, save it again, and load that"
-        )
+    raise CheckpointError(  # once a format bump drops an old version's migration
+        f"{mpath}: {writer}; {reads}: load it with an older fleetrl release that reads "
+        f"v{version}, save it again, and load that"
+    )
 
 
 def _read_listed(path: Path, listed: dict, state_bound: tuple[int, int]) -> dict[str, bytes]:

@@ -253,20 +253,19 @@ def cmd_eval(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.episodes is not None and args.episodes < 1:
         return _error(f"--episodes: must be >= 1, got {args.episodes}")
+    from fleetrl.evaluate import finished_means
     from fleetrl.programs import enable_compilation_cache
     from fleetrl.restore import evaluate_run
 
     _trust(args)
     enable_compilation_cache()
     result = evaluate_run(args.run_dir, args.episodes, args.seed)
-    for i, (r, n, done) in enumerate(zip(*result, strict=True)):
-        if not done.any():
-            print(f"seed {i}: no episode ended within {n.max()} steps ({r.size} episodes)")
-            continue
-        cut = "" if done.all() else f"; {r.size - done.sum()} did not end within {n.max()} steps"
-        r, n = r[done], n[done]
+    means, lengths = finished_means(*result)
+    for i, (r, done) in enumerate(zip(result.returns, result.finished, strict=True)):
+        cut = f"; {r.size - done.sum()} did not end in time" if not done.all() else ""
+        std = f" +- {r[done].std():.2f}" if done.any() else " (none ended)"
         print(
-            f"seed {i}: return {r.mean():.2f} +- {r.std():.2f}, length {n.mean():.1f} "
+            f"seed {i}: return {means[i]:.2f}{std}, length {lengths[i]:.1f} "
             f"({r.size} episodes{cut})"
         )
     return 0

@@ -1,6 +1,7 @@
 """Run configuration: frozen dataclasses, YAML presets and command-line overrides.
 
-A preset is a YAML file (read with ``yaml.safe_load``) with the sections of ``RunConfig``::
+A preset is a YAML file (read with `fleetrl.safeio.loads_yaml`: safe tags, no aliases) with the
+sections of ``RunConfig``::
 
     description: one line shown by `fleetrl presets`
     reaches: the return it reaches and within what budget
@@ -356,33 +357,18 @@ MAX_CONFIG_BYTES = 1 << 20
 """Largest preset or run config read (1 MiB; ours are under 2 KiB): a bound before parsing."""
 
 
-class _NoAliasLoader(yaml.SafeLoader):
-    """``yaml.safe_load`` without aliases: ``*name`` re-uses an anchored node, so a few hundred
-    bytes of nested aliases expand into billions of values when the result is walked (a
-    455-byte preset ran past 120 s). Presets and run configs never need them."""
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.events.AliasEvent):
-            event = self.peek_event()
-            raise yaml.composer.ComposerError(
-                None,
-                None,
-                f"found the alias *{event.anchor}: fleetrl configs do not take YAML aliases "
-                "(write the value out instead)",
-                event.start_mark,
-            )
-        return super().compose_node(parent, index)
-
-
 def load_yaml(text: str, source: str) -> Any:
-    """Parse a preset, run config or ``env.kwargs``: safe tags only (no ``!!python/...``), no
-    aliases, at most `MAX_CONFIG_BYTES`; ConfigError naming ``source`` otherwise."""
+    """Parse a preset, run config or ``env.kwargs`` (`fleetrl.safeio.loads_yaml`: safe tags
+    only, no aliases, nesting bounded) of at most `MAX_CONFIG_BYTES`; ConfigError naming
+    ``source`` otherwise."""
+    from fleetrl.safeio import UnsafeInputError, loads_yaml
+
     size = len(text.encode(errors="replace"))
     require(size <= MAX_CONFIG_BYTES, source, f"{size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}")
     try:
-        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no python tags
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{source}: invalid YAML: {error}") from None
+        return loads_yaml(text, source=source)
+    except UnsafeInputError as error:
+        raise ConfigError(str(error)) from None
 
 
 def preset_names() -> list[str]:
@@ -396,12 +382,13 @@ def read_preset(name_or_path: str) -> tuple[dict[str, Any], str]:
     if name_or_path.endswith((".yaml", ".yml")) or path.is_file():
         if not path.is_file():
             raise ConfigError(f"preset: no such file {name_or_path}")
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:  # checked before reading: the file may be any size
-            raise ConfigError(
-                f"preset {name_or_path}: {size:,} bytes; the limit is {MAX_CONFIG_BYTES:,}"
-            )
-        text, name = path.read_text(errors="replace"), path.stem
+        from fleetrl.safeio import UnsafeInputError, read_bounded
+
+        try:  # the size checked before reading: the file may be any size
+            text = read_bounded(path, MAX_CONFIG_BYTES, "preset").decode(errors="replace")
+        except UnsafeInputError as error:
+            raise ConfigError(str(error)) from None
+        name = path.stem
     else:
         names = preset_names()
         if name_or_path not in names:

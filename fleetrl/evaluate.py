@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fleetrl.rollout import reset
 from fleetrl.types import Array
@@ -17,7 +18,7 @@ def make_evaluate(algo, env, max_steps: int | None = None):
     1000 if it has none; unfinished episodes report the return so far with ``finished=False``).
     """
     num_episodes = env.spec.num_envs
-    max_steps = max_steps or env.spec.max_episode_steps or 1000
+    max_steps = episode_limit(max_steps, env.spec)
 
     def evaluate(algo_state, key: Array):
         carry = reset(env, key)
@@ -50,3 +51,20 @@ def make_evaluate(algo, env, max_steps: int | None = None):
         return returns, lengths, finished
 
     return evaluate
+
+
+def episode_limit(max_steps: int | None, spec) -> int:
+    """Steps an evaluation episode may take: ``max_steps`` (``train.eval_max_steps``), else the
+    env's time limit, else 1000."""
+    return max_steps or spec.max_episode_steps or 1000
+
+
+def finished_means(returns, lengths, finished) -> tuple[np.ndarray, np.ndarray]:
+    """Per seed, the mean return and length of the episodes that ended (``[S, E]`` in; NaN for
+    a seed none of whose episodes ended): an episode cut at the step limit is not one of the
+    policy's returns (an env that never ends reported the return so far as if it were)."""
+    count = finished.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(finished, returns, 0.0).sum(axis=1) / count
+        mean_length = np.where(finished, lengths, 0).sum(axis=1) / count
+    return mean.astype(np.float32), mean_length.astype(np.float32)

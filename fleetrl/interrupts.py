@@ -172,7 +172,7 @@ class StopSignals:
         STOP_REQUESTED.set()
         if first and self._grace > 0:
             threading.Thread(target=self._deadline, args=(signum,), daemon=True).start()
-        if not first:  # only reaches us while our handler was still installed: it never ran
+        if not first:  # the handler stays installed: every further signal comes here
             self._exit(signum, "a second signal arrived")
 
     def _deadline(self, signum: int) -> None:

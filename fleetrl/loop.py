@@ -17,6 +17,7 @@ from fleetrl import checkpoint
 from fleetrl.build import host_metrics
 from fleetrl.config import RunConfig, dump_yaml, to_dict
 from fleetrl.envs.errors import EnvInterruptedError, EnvPoolError
+from fleetrl.evaluate import episode_limit, finished_means
 from fleetrl.interrupts import STOP_REQUESTED, CallWatchdog, StopSignals
 from fleetrl.programs import eval_keys, frozen_arg
 
@@ -103,8 +104,9 @@ class Loop:
                         status = "interrupted"
                         break
                     status = self._after_call(steps, progress, signals, stop_after_steps)
+                status = self._finish(status, signals)
                 self.signal = signals.received
-                return self._finish(status)
+                return status
             finally:
                 self.logger.close()
                 if progress:
@@ -179,11 +181,13 @@ class Loop:
             return "stopped"
         return "completed"
 
-    def _finish(self, status: str) -> str:
+    def _finish(self, status: str, signals) -> str:
         """The final evaluation (a run that completed its schedule) and checkpoint."""
         steps = self.counters["env_steps"]
         if status == "completed" and self.last_eval_step != steps:
             self.eval_returns = self._evaluate(steps)
+            if signals.received is not None:  # a stop signal during it: the run was interrupted
+                status = "interrupted"
         if status != "diverged" and _all_skipping(self.metrics):
             self.divergence.append(
                 f"the run stopped at step {steps:,} while every update was skipped as "
@@ -254,7 +258,7 @@ class Loop:
         if self.warned_unfinished:
             return
         self.warned_unfinished = True
-        limit = self.run.train.eval_max_steps or self.eval_env.spec.max_episode_steps or 1000
+        limit = episode_limit(self.run.train.eval_max_steps, self.eval_env.spec)
         self._warn(
             f"at step {steps:,}, {int((~finished).sum())} of {finished.size} evaluation episodes "
             f"did not end within {limit} steps (train.eval_max_steps, or the env's time limit); "
@@ -358,16 +362,6 @@ def solved_returns(
     saved = list(saved) if saved is not None else [None] * num_seeds
     kept = threshold is not None
     return [r if kept and r is not None and r >= threshold else None for r in saved]
-
-
-def finished_means(returns, lengths, finished) -> tuple[np.ndarray, np.ndarray]:
-    """Per seed, the mean return and length of the episodes that ended (``[S, E]`` in; NaN for
-    a seed none of whose episodes ended)."""
-    count = finished.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = np.where(finished, returns, 0.0).sum(axis=1) / count
-        mean_length = np.where(finished, lengths, 0).sum(axis=1) / count
-    return mean.astype(np.float32), mean_length.astype(np.float32)
 
 
 def note_solved(

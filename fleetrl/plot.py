@@ -23,9 +23,10 @@ from fleetrl.config import MAX_CONFIG_BYTES, ConfigError, load_yaml
 from fleetrl.safeio import UnsafeInputError, loads_json, read_bounded
 
 METRICS_FILE = "metrics.jsonl"
-MAX_METRICS_BYTES = 1 << 30
-"""Largest metrics.jsonl read (1 GiB; a 100M-step run logged every 10k steps writes ~10 MB): a
-run directory may come from elsewhere, so its size is checked before reading."""
+MAX_METRICS_BYTES = 256 << 20
+"""Largest metrics.jsonl read (256 MiB; a 100M-step run logged every 10k steps writes ~10 MB):
+a run directory may come from elsewhere, so its size is checked before reading, and every
+record of it is held to be plotted."""
 _RESERVED = ("step", "time")
 
 

@@ -69,10 +69,14 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(
-    run_dir: str | Path, run: RunConfig | None = None, purpose: str = "using"
+    run_dir: str | Path,
+    run: RunConfig | None = None,
+    purpose: str = "using",
+    evaluation: bool = True,
 ) -> LoadedRun:
-    """Build ``run_dir``'s envs and algorithm (``run``: its config, possibly edited; default
-    its config.yaml) and restore its newest loadable checkpoint into them."""
+    """Build ``run_dir``'s envs (the evaluation env only with ``evaluation``) and algorithm
+    (``run``: its config, possibly edited; default its config.yaml) and restore its newest
+    loadable checkpoint into them."""
     import jax
 
     from fleetrl.build import build, close_envs
@@ -81,7 +85,7 @@ def load_run(
     run = run or read_config(run_dir)
     if not checkpoint.committed(run_dir):
         raise ConfigError(f"{run_dir}: no committed checkpoint to restore")
-    env, eval_env, algo = build(run)
+    env, eval_env, algo = build(run, evaluation)
     try:
         target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
         restored, meta, path = load_checkpoint(run_dir, target, purpose=purpose)

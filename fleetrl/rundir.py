@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,9 +18,11 @@ from fleetrl.safeio import UnsafeInputError, read_json
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file, fsynced then renamed."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # a fresh name (O_EXCL), never a path a received run directory could hold a link at
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    tmp = Path(name)
     try:
-        with open(tmp, "w") as f:
+        with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -46,13 +49,19 @@ def new_run_dir(run: RunConfig) -> Path:
             path, n = base.with_name(f"{base.name}-{n}"), n + 1
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
+        check_writable(path)
     except OSError as error:
         field = "log.run_dir" if run.log.run_dir else "log.root"
         raise ConfigError(f"{field}: cannot write the run directory {path}: {error}") from None
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Create and remove a file in ``folder``: OSError when it cannot be written. The file is
+    new (O_EXCL), so a link planted in a received run directory is never written through."""
+    fd, name = tempfile.mkstemp(prefix=".write-test-", dir=folder)
+    os.close(fd)
+    os.unlink(name)
 
 
 class RunLock:
@@ -60,7 +69,10 @@ class RunLock:
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / ".lock"
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:  # O_NOFOLLOW: a `.lock` link in a received run directory is not written through
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as error:
+            raise ConfigError(f"{self.path}: cannot open the run's lock file: {error}") from None
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -11,8 +11,10 @@ The whole API::
     read_bounded(path, limit, what) -> bytes              # stat first, refuse > limit bytes
     loads_json(data, *, source, max_depth=64) -> Any      # json.loads with a nesting bound
     read_json(path, limit, what, *, max_depth=64) -> Any  # the two together
+    loads_yaml(text, *, source, max_depth=64) -> Any      # yaml.safe_load without aliases
 
-Standard library only: a leaf that any module may import without pulling in JAX.
+The standard library (and PyYAML, imported when used) only: a leaf that any module may import
+without pulling in JAX.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ MAX_DEPTH = 64
 """Default nesting bound for JSON: fleetrl's own files nest at most 4 deep (meta.json's
 counters); CPython's C scanner recurses once per level and fails near 1000 levels."""
 
-# One JSON string, escapes included (`\"` does not end it): Friedl's "unrolled loop", linear,
-# with no nested repetition to backtrack on.
-_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# One JSON string, escapes included (`\"` does not end it): Friedl's "unrolled loop", with no
+# nested repetition to backtrack on. An unterminated string runs to the end of the text: without
+# that alternative, each `"` inside it started a scan to the end again (quadratic: a 64 KB
+# manifest of `"\"\"...` took 17 s, 1 MiB would take over an hour).
+_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 _STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
 _CHUNK = 1 << 16
@@ -120,3 +124,41 @@ def read_json(
     """`read_bounded` then `loads_json`: the parsed content of a JSON file of at most ``limit``
     bytes. Raises `UnsafeInputError` (too large, too deep, not JSON) or ``OSError``."""
     return loads_json(read_bounded(path, limit, what), source=path, max_depth=max_depth)
+
+
+def loads_yaml(text: str, *, source: Any, max_depth: int = MAX_DEPTH) -> Any:
+    """``yaml.safe_load(text)`` without aliases and with nesting bounded by ``max_depth``;
+    `UnsafeInputError` naming ``source`` for invalid YAML too.
+
+    Why: ``*name`` re-uses an anchored node, so a few hundred bytes of nested aliases expand
+    into billions of values when the result is walked (a 455-byte preset ran past 120 s), and
+    3,000 nested ``[`` gave a raw RecursionError; fleetrl's YAML files need neither.
+    """
+    import yaml
+
+    class Loader(yaml.SafeLoader):  # safe tags only: no !!python/...
+        depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.events.AliasEvent):
+                raise yaml.composer.ComposerError(
+                    None, None, f"found the alias *{event.anchor}: fleetrl configs do not take "
+                    "YAML aliases (write the value out instead)", event.start_mark
+                )  # fmt: skip
+            self.depth += 1
+            if self.depth > max_depth:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested deeper than {max_depth} levels", event.start_mark
+                )
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+    try:
+        return yaml.load(text, Loader=Loader)
+    except yaml.YAMLError as error:
+        raise UnsafeInputError(f"{source}: invalid YAML: {error}") from None
+    except (RecursionError, ValueError) as error:  # integers past Python's digit limit
+        raise UnsafeInputError(f"{source}: invalid YAML: {error}") from None

@@ -9,13 +9,12 @@ between calls.
 from __future__ import annotations
 
 import dataclasses
-import os
 import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from fleetrl import checkpoint, envs
+from fleetrl import checkpoint, envs, rundir
 from fleetrl.build import build, close_envs, host_metrics
 from fleetrl.config import ConfigError, RunConfig, config_from_dict, load_preset, to_dict
 from fleetrl.logger import RunLogger
@@ -135,11 +134,9 @@ def with_seed(run: RunConfig, console=None) -> RunConfig:
 def check_writable(folder: Path, what: str) -> None:
     """Create ``folder`` and write a file in it, so that a folder that cannot take a checkpoint
     is a usage error now, not a warning after hours of training (reliability case C6)."""
-    probe = folder / f".write-test-{os.getpid()}"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        rundir.check_writable(folder)
     except OSError as error:
         raise ConfigError(f"{what}: cannot write in {folder}: {error}") from None
 

@@ -263,7 +263,7 @@ def _load_run(run_dir: str | Path):
 
     run = read_config(run_dir)
     _render_target(run)  # fail before building anything
-    loaded = load_run(run_dir, run, purpose="rendering")
+    loaded = load_run(run_dir, run, purpose="rendering", evaluation=False)
     close_envs(loaded.env, loaded.eval_env)
     return run, loaded.algo, loaded.env.spec, loaded.algo_state, loaded.step
 

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -739,6 +740,15 @@ def test_loads_json_never_recursion_error(data):
         safeio.loads_json(data, source="src")
     with pytest.raises(UnsafeInputError, match="src: "):  # a raised bound: still no RecursionError
         safeio.loads_json(data, source="src", max_depth=10**9)
+
+
+@pytest.mark.timeout(30)
+def test_loads_json_is_linear_in_an_unterminated_string():
+    """A 1 MiB manifest of escaped quotes: each quote re-scanned the rest (~70 minutes)."""
+    start = time.perf_counter()
+    with pytest.raises(UnsafeInputError, match="not JSON"):
+        safeio.loads_json('"' + '\\"' * (1 << 19), source="src")  # "\"\"\"...
+    assert time.perf_counter() - start < 5
 
 
 @pytest.mark.parametrize("data", [b"{not json", b"", b"\xff\xfe\x00", "1" * 5000, "[1,]"])

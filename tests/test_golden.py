@@ -66,10 +66,7 @@ def test_golden_loads_with_recorded_parameters(version, name):
 
 @pytest.mark.parametrize("version, name", GOLDENS)
 def test_golden_evaluates(version, name, tmp_path):
-    try:  # the run-directory helpers moved to fleetrl.restore
-        from fleetrl.restore import evaluate_run
-    except ImportError:
-        from fleetrl.evaluate import evaluate_run
+    from fleetrl.restore import evaluate_run
 
     run_dir = tmp_path / name  # never write into tests/data
     shutil.copytree(GOLDEN / version / name, run_dir)

@@ -451,14 +451,20 @@ def test_workers_exit_when_the_parent_dies(tmp_path):
 
 
 @pytest.mark.timeout(60)
-def test_worker_inside_a_long_step_dies_with_its_parent(tmp_path):
+@pytest.mark.parametrize("started_by", ["main thread", "other thread"])
+def test_worker_inside_a_long_step_dies_with_its_parent(tmp_path, started_by):
+    """Linux's parent-death signal for a pool started by the main thread; a watch thread in the
+    worker for one started by another thread (the evaluation pool, started beside compilation)."""
     counter = tmp_path / "stalls"
+    make = f"EnvPool.from_id({FAKE!r}, 1, 1, env_kwargs=kwargs, step_timeout=120)"
+    if started_by == "other thread":
+        make = f"concurrent.futures.ThreadPoolExecutor(1).submit(lambda: {make}).result()"
     script = (
-        "import time\n"
+        "import concurrent.futures, time\n"
         "import numpy as np\n"
         "from fleetrl.envs.pool import EnvPool\n"
         f"kwargs = {{'stall_at_step': 1, 'stall_seconds': 60, 'counter_path': {str(counter)!r}}}\n"
-        f"pool = EnvPool.from_id({FAKE!r}, 1, 1, env_kwargs=kwargs, step_timeout=120)\n"
+        f"pool = {make}\n"
         "print(pool._workers.workers[0].process.pid, flush=True)\n"
         "pool.reset()\n"
         "pool.step_async(np.zeros(1, np.int64))\n"

@@ -239,7 +239,7 @@ def test_a_hanging_constructor_in_process_hits_the_start_timeout(pools, num_work
     start = time.monotonic()
     with pytest.raises(EnvTimeoutError) as info:  # 3 envs, parent_steps: the parent has 0-1
         pools(FAKE, 3, num_workers, env_kwargs=kwargs, start_timeout=1.0, parent_steps=True)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
     assert info.value.env_indices == [1] and info.value.in_process
     message = str(info.value)
     assert "env 1 did not finish its constructor in-process within 1 s" in message
@@ -258,8 +258,10 @@ def test_interrupt_after_restores_the_previous_alarm():
         with pytest.raises(TimeoutError, match="ours"):
             with interrupt_after(0.2, lambda: TimeoutError("ours")):
                 time.sleep(5)
-        assert 0.2 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.45  # the previous, restored
-        time.sleep(0.6)
+        assert 0 < signal.getitimer(signal.ITIMER_REAL)[0] <= 0.45  # the previous, restored
+        deadline = time.monotonic() + 10
+        while not fired and time.monotonic() < deadline:  # a loaded machine may be late
+            time.sleep(0.05)
         assert len(fired) == 1
         signal.setitimer(signal.ITIMER_REAL, 0.1)  # due before ours: its handler runs
         with interrupt_after(5, lambda: TimeoutError("ours")):
@@ -323,7 +325,7 @@ def test_should_stop_interrupts_a_wait_for_a_hung_worker(pools, on_error):  # no
     stop_at.append(start + 0.5)
     with pytest.raises(EnvInterruptedError) as info:
         pool.step(_zeros(2))
-    assert 0.5 <= time.monotonic() - start < 1.0
+    assert 0.5 <= time.monotonic() - start < 3.0  # within ~0.1 s (one poll) on a quiet machine
     assert info.value.worker_indices == [1] and info.value.step == 2
     assert "interrupted while waiting for worker 1 (envs 1) during pool step 2" in str(info.value)
     assert pool.num_restarts == 0  # never a restart on the way out
@@ -339,7 +341,7 @@ def test_should_stop_interrupts_a_slow_start(pools):  # noqa: F811
     start = time.monotonic()
     with pytest.raises(EnvInterruptedError, match="during pool startup"):
         pools(FAKE, 2, 1, env_kwargs={"init_delay": 30}, should_stop=lambda: True)
-    assert time.monotonic() - start < 5
+    assert time.monotonic() - start < 10
     with pytest.raises(TypeError, match="should_stop: must be callable"):
         pools(FAKE, 2, should_stop=True)
 

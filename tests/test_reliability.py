@@ -144,7 +144,7 @@ def test_an_oversized_preset_is_refused_before_reading(tmp_path):
     path = tmp_path / "huge.yaml"
     with open(path, "wb") as f:
         f.truncate(2 << 30)  # sparse: 2 GiB that take no disk
-    with pytest.raises(ConfigError, match="the limit is"):
+    with pytest.raises(ConfigError, match="exceeds the limit of 1,048,576 bytes"):
         load_preset(str(path))
 
 
@@ -334,3 +334,35 @@ def test_an_env_constructor_that_hangs_in_process_hits_the_start_timeout(tmp_pat
     err = capsys.readouterr().err
     assert "--env.start-timeout" in err and time.time() - start < 30, err
     assert not any(tmp_path.iterdir())  # before a run directory
+
+
+def test_a_link_in_a_received_run_dir_is_not_written_through(tiny, tmp_path, capsys):
+    result = train(tiny("ppo-cartpole", iterations=1))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    lock = result.run_dir / ".lock"
+    lock.unlink()
+    lock.symlink_to(victim)
+    assert main(["train", "--resume", str(result.run_dir)]) == 2
+    assert "lock file" in capsys.readouterr().err
+    assert victim.read_text() == "precious"
+
+
+def test_an_env_whose_kwargs_name_a_module_needs_consent_too():
+    from fleetrl.envs import trust
+
+    with pytest.raises(ConfigError, match="env.kwargs: env_id evil:X-v0 names the Python module"):
+        trust.check_kwargs("GymV26Environment-v0", {"env_id": "evil:X-v0"})
+    trust.check_kwargs("GymV26Environment-v0", {"env_id": "CartPole-v1"})  # a registered id
+    trust.check_kwargs("CartPole-v1", {"env_id": "evil:X-v0"})  # a keyword of another meaning
+
+
+def test_host_evaluation_envs_step_in_a_worker_and_raise_on_faults(tiny):
+    """A hung evaluation step times out (a worker process), and an episode a restart cut is
+    not reported as one of the policy's (faults raise: the evaluation is NaN)."""
+    from fleetrl.build import _eval_env_config
+
+    run = tiny("ppo-cartpole-gym")
+    run = dataclasses.replace(run, env=dataclasses.replace(run.env, on_error="restart"))
+    config = _eval_env_config(run)
+    assert (config.num_workers, config.parent_steps, config.on_error) == (1, False, "raise")

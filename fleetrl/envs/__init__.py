@@ -102,6 +102,8 @@ def make(config, num_envs: int | None = None, num_workers: int | None = None, be
         from fleetrl.envs.device import GymnaxEnv
 
         return GymnaxEnv(config.id, num_envs)
+    from fleetrl.envs import trust
     from fleetrl.envs.host import HostEnv
 
+    trust.check_kwargs(config.id, config.env_kwargs())
     return HostEnv.from_config(config, num_envs, num_workers, beside)

@@ -102,13 +102,7 @@ class FaultyEnv(gymnasium.Env):
         if startup_probe is False or (startup_probe is None and (self.step_faults or reset_faults)):
             # the faults count calls from construction: no startup probe (checks.probe_env)
             self.metadata = {**self.metadata, "fleetrl_startup_probe": False}
-        bound = np.inf if obs_bound is None else obs_bound
-        self.observation_space = spaces.Box(-bound, bound, (obs_size,), np.float32)
-        if continuous:
-            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-        else:
-            self.action_space = spaces.Discrete(2)
-        self.scale = np.arange(1, obs_size + 1, dtype=np.float32)
+        self._make_spaces(obs_size, obs_bound, continuous)
         self.num_steps = self.num_resets = self.episode_steps = 0
         self.position = 0.0
         self.noise = random.Random(env_index)
@@ -117,6 +111,15 @@ class FaultyEnv(gymnasium.Env):
             time.sleep(init_delay)
         if crash_in_init and self._fault():
             raise InjectedFault(f"injected crash in the constructor of env {env_index}")
+
+    def _make_spaces(self, obs_size: int, obs_bound: float | None, continuous: bool) -> None:
+        bound = np.inf if obs_bound is None else obs_bound
+        self.observation_space = spaces.Box(-bound, bound, (obs_size,), np.float32)
+        if continuous:
+            self.action_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+        else:
+            self.action_space = spaces.Discrete(2)
+        self.scale = np.arange(1, obs_size + 1, dtype=np.float32)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

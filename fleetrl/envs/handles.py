@@ -319,17 +319,20 @@ def interrupt_after(seconds: float, make_error: Callable[[], BaseException]):
     """
     previous = signal.getsignal(signal.SIGALRM)
     main = threading.current_thread() is threading.main_thread()
-    if not main or previous is None:  # None: a handler not set from Python, not restorable
+    # None: a handler not set from Python, not restorable; inf: no bound asked for
+    if not main or previous is None or not math.isfinite(seconds):
         yield
         return
     start = time.monotonic()
     delay, interval = signal.setitimer(signal.ITIMER_REAL, 0)
     # a previous timer without a Python handler (SIG_IGN) is only restored afterwards
     previous_at = start + delay if delay and callable(previous) else math.inf
-    handed_back = False
+    handed_back = done = False
 
     def on_alarm(signum, frame):
         nonlocal handed_back
+        if done:  # fired after the block ended, before the timer was disarmed: nothing to do
+            return
         if time.monotonic() < previous_at - 1e-3:
             raise make_error()
         handed_back = True  # the previous timer came first: its handler, as if we were not here
@@ -338,10 +341,11 @@ def interrupt_after(seconds: float, make_error: Callable[[], BaseException]):
             signal.setitimer(signal.ITIMER_REAL, interval, interval)
         previous(signum, frame)
 
-    signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, max(min(seconds, previous_at - start), 1e-6))
-    try:
+    try:  # installed inside: whatever fails below still restores the previous handler and timer
+        signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(min(seconds, previous_at - start), 1e-6))
         yield
+        done = True
     finally:
         if not handed_back:
             signal.setitimer(signal.ITIMER_REAL, 0)

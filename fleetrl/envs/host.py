@@ -172,11 +172,14 @@ class HostEnv:
         return self._pool
 
     def restart(self) -> None:
-        """Replace the pool by a fresh one (after a failure the pool only closes): for an
-        evaluation env, whose compiled program calls this object's methods."""
+        """Replace the pool by a fresh one (after a failure the pool only closes), started on a
+        thread: for an evaluation env, whose compiled program calls this object's methods. A
+        start that fails is the next evaluation's error (its NaN), not the run's end."""
+        if self._make_pool is None:
+            raise RuntimeError("this HostEnv was built from a pool: it cannot make another")
         self.error = None
         self.close()
-        self._pool = self._make_pool()
+        self._pool = _in_background(self._make_pool)
 
     # ---- the Env contract (jittable) -------------------------------------------------------
 

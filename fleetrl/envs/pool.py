@@ -198,16 +198,7 @@ class EnvPool:
             parent_steps=parent_steps,
             should_stop=should_stop,
         )
-        self._workers = WorkerSet(make_env, num_envs, num_workers, options)
-        self._context = FaultContext(
-            self._label,
-            self._workers.groups,
-            self._workers.local_slots,
-            step_timeout,
-            start_timeout,
-        )
-        self._finalizer = weakref.finalize(self, release, self._workers.resources)
-        _RELEASES[:] = [f for f in _RELEASES if f.alive] + [self._finalizer]
+        self._set_up_workers(make_env, options)
         self._arrays: dict | None = None
         self._broken: BaseException | None = None
         self._closed = self._waiting = self._has_reset = False
@@ -222,6 +213,20 @@ class EnvPool:
         except BaseException:
             self.close()
             raise
+
+    def _set_up_workers(self, make_env: Any, options: dict) -> None:
+        """The `WorkerSet` (nothing started yet), what error messages need of it, and its
+        release when the pool is closed, collected or left at exit."""
+        self._workers = WorkerSet(make_env, self.num_envs, self.num_workers, options)
+        self._context = FaultContext(
+            self._label,
+            self._workers.groups,
+            self._workers.local_slots,
+            self.step_timeout,
+            self.start_timeout,
+        )
+        self._finalizer = weakref.finalize(self, release, self._workers.resources)
+        _RELEASES[:] = [f for f in _RELEASES if f.alive] + [self._finalizer]
 
     @classmethod
     def from_id(

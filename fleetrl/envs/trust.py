@@ -55,6 +55,23 @@ def is_trusted(module: str) -> bool:
     return any(module == t or module.startswith(f"{t}.") for t in trusted_modules())
 
 
+# Ids whose ``env_id`` keyword names another env, made by old gym, which imports the module of a
+# ``module:Name`` there (shimmy's compatibility envs, registered when shimmy is installed).
+_ID_TAKING = ("GymV21Environment-v0", "GymV26Environment-v0")
+
+
+def check_kwargs(env_id: str, kwargs: dict) -> None:
+    """The module an env's keyword arguments would have imported must be trusted too."""
+    inner = kwargs.get("env_id") if env_id in _ID_TAKING else None
+    module = module_of(inner) if isinstance(inner, str) else None
+    if module and not is_trusted(module):
+        raise _config_error(
+            f"env.kwargs: env_id {inner} names the Python module {module}, which {env_id} "
+            f"would import; add --trust-module {module} (or set {TRUST_VARIABLE}={module}) if "
+            "you trust that code"
+        )
+
+
 def module_of(env_id: str) -> str | None:
     """The module a ``module:attribute`` id names, None for any other id."""
     module, colon, _ = env_id.partition(":")

@@ -397,11 +397,15 @@ def worker_main(conn, command_sem, done_sem, config: WorkerConfig) -> None:
     """Entry point of a worker process: build envs, attach to the pool's memory, serve commands.
 
     Ignores SIGINT (a Ctrl+C reaches the whole process group; the parent decides what happens)
-    and exits on its own when the parent dies: Linux kills it at once (`_die_with_parent`), and
-    it also checks the parent pid every second while idle.
+    and exits on its own when the parent dies: Linux kills it at once (`_die_with_parent`), or,
+    for a worker started by another thread of the parent, a thread of its own notices within
+    `PARENT_POLL_SECONDS`, even while an env hangs in a step (`_watch_parent`); it also checks
+    the parent pid every second while idle.
     """
     if config.from_main_thread and not _die_with_parent(config.parent_pid):
         return
+    if not config.from_main_thread:
+        _watch_parent(config.parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if config.cpu is not None:
         try:
@@ -457,6 +461,24 @@ def _die_with_parent(parent_pid: int) -> bool:
         except (OSError, AttributeError):
             pass
     return os.getppid() == parent_pid
+
+
+PARENT_POLL_SECONDS = 0.5
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the parent is gone, checked on a daemon thread: ``PR_SET_PDEATHSIG`` ties a
+    worker to the parent *thread* that started it, so workers started from another thread (the
+    evaluation pool, started beside compilation; a restart from XLA's callback thread) cannot
+    use it, and the idle loop's check does not run while an env hangs in a step."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_POLL_SECONDS)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fleetrl-parent-watch", daemon=True).start()
 
 
 def _serve(conn, command_sem, done_sem, group: EnvGroup, arrays: dict, config) -> None:
