@@ -3,7 +3,6 @@ and stops. `fleetrl.train.train` builds the envs and programs and hands them to 
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
@@ -15,7 +14,7 @@ import numpy as np
 
 from fleetrl import checkpoint
 from fleetrl.build import host_metrics
-from fleetrl.config import RunConfig, dump_yaml, to_dict
+from fleetrl.config import RunConfig, to_dict
 from fleetrl.envs.errors import EnvInterruptedError, EnvPoolError
 from fleetrl.evaluate import episode_limit, finished_means
 from fleetrl.interrupts import STOP_REQUESTED, CallWatchdog, StopSignals
@@ -286,7 +285,6 @@ class Loop:
         meta = {
             "counters": counters,
             "config": to_dict(self.run),  # what resume compares with (see fleetrl.train)
-            "config_sha256": config_hash(self.run),
             "env_id": self.run.env.id,
             "num_seeds": self.num_seeds,
         }
@@ -346,10 +344,6 @@ def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out["charts/episodic_return"] = np.where(count > 0, returns / count, np.nan)
         out["charts/episodic_length"] = np.where(count > 0, lengths / count, np.nan)
     return out
-
-
-def config_hash(run: RunConfig) -> str:
-    return hashlib.sha256(dump_yaml(run).encode()).hexdigest()
 
 
 def solved_returns(

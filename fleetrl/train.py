@@ -153,11 +153,9 @@ def _check_resume(run: RunConfig, run_dir: Path, allow_changes: bool) -> RunConf
         run = dataclasses.replace(run, train=dataclasses.replace(run.train, seed=saved.train.seed))
     if allow_changes or saved is None:
         return run
-    changes = resume_changes(envs.with_resolved_backend(saved), run)
-    trained_with, where = checkpoint_config(run_dir)
-    if trained_with is not None:
-        changes = resume_changes(envs.with_resolved_backend(trained_with), run) or changes
-    elif where is not None and not changes and where != _sha256(saved_path):
+    trained_with, legacy_sha256 = checkpoint_config(run_dir)
+    changes = resume_changes(envs.with_resolved_backend(trained_with or saved), run)
+    if legacy_sha256 is not None and not changes and legacy_sha256 != _sha256(saved_path):
         changes = [  # a checkpoint from before fleetrl recorded the config: its hash only
             "config.yaml: its sha256 is not the one the newest checkpoint recorded (edited "
             "by hand, or by a resume that wrote no checkpoint since)"
@@ -181,8 +179,9 @@ def _sha256(path: Path) -> str:
 
 
 def checkpoint_config(run_dir: Path) -> tuple[RunConfig | None, str | None]:
-    """The config the newest readable checkpoint of ``run_dir`` recorded (checkpoints since
-    this fleetrl record it whole), else ``(None, its config sha256 or None)``."""
+    """``(config, None)``: the config the newest readable checkpoint of ``run_dir`` recorded
+    (whole, since issue 16); for an older checkpoint ``(None, the sha256 of config.yaml it
+    recorded)``; ``(None, None)`` without one."""
     for path in checkpoint.committed(run_dir):
         try:
             meta = checkpoint.read_meta(path)

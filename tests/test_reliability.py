@@ -227,6 +227,25 @@ def test_a_hand_edited_config_is_refused_on_resume(tiny, capsys):
     assert main([*resumed, "--train.total-steps", str(2 * result.env_steps)]) == 0
 
 
+def test_a_hand_edited_config_is_refused_against_an_older_checkpoint(tiny, capsys):
+    """Checkpoints from before the whole config was recorded hold config.yaml's sha256."""
+    import hashlib
+
+    from flax import serialization
+
+    result = train(tiny("ppo-cartpole", iterations=1))
+    latest = checkpoint.latest(result.run_dir)
+    state = serialization.msgpack_restore((latest / checkpoint.STATE_FILE).read_bytes())
+    meta = checkpoint.read_meta(latest)
+    config = result.run_dir / "config.yaml"
+    legacy = {k: v for k, v in meta.items() if k != "config"}
+    legacy["config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+    checkpoint.save(result.run_dir, result.env_steps, state, legacy)
+    config.write_text(config.read_text().replace("learning_rate: 0.0005", "learning_rate: 0.1"))
+    assert main(["train", "--resume", str(result.run_dir)]) == 2
+    assert "its sha256 is not the one the newest checkpoint recorded" in capsys.readouterr().err
+
+
 def test_a_resume_from_a_periodic_checkpoint_writes_no_extra_checkpoint(tiny, monkeypatch):
     """The periodic checkpoint records the next checkpoint's step: resumed from it, the run
     does not write one again at its first call."""

@@ -218,6 +218,23 @@ def stalled(run_dir):
     return (run_dir.parent / "stalled").exists()
 
 
+def signal_when_stalled(proc, run_dir, sig) -> tuple[str, float, list]:
+    """Send ``sig`` once the run's env hangs for good; its output, the seconds it took to exit
+    after the signal, and the processes it had started."""
+    import psutil
+
+    try:
+        wait_for(lambda: stalled(run_dir))
+        time.sleep(0.2)
+        children = psutil.Process(proc.pid).children(recursive=True)
+        sent = time.time()
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=60)
+        return out, time.time() - sent, children
+    finally:
+        proc.kill()
+
+
 def test_a_hung_in_process_env_is_stopped_by_the_watchdog(tmp_path):
     """Nothing interrupts an env stepped in this process: the call watchdog ends the run."""
     run_dir = tmp_path / "run"
@@ -262,15 +279,7 @@ def test_ctrl_c_while_a_worker_env_hangs_checkpoints_and_exits_130(tmp_path):
     proc = start_hanging(
         run_dir, "training", "--env.num-workers", "1", at_step=100
     )  # calls of 32 steps per env: three complete (step 384), the fourth hangs
-    try:
-        wait_for(lambda: stalled(run_dir))
-        children = psutil.Process(proc.pid).children(recursive=True)
-        sent = time.time()
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-        waited = time.time() - sent
-    finally:
-        proc.kill()
+    out, waited, children = signal_when_stalled(proc, run_dir, signal.SIGINT)
     assert proc.returncode == 130, out
     assert waited < 15 and "Traceback" not in out, out
     assert checkpoint.latest(run_dir).name == "step_384"
@@ -281,15 +290,7 @@ def test_ctrl_c_while_a_worker_env_hangs_checkpoints_and_exits_130(tmp_path):
 def test_sigterm_while_an_in_process_env_hangs_exits_within_the_grace(tmp_path):
     run_dir = tmp_path / "run"
     proc = start_hanging(run_dir, "training", "--train.stop-grace", "2")
-    try:
-        wait_for(lambda: stalled(run_dir))  # inside the training call, for good
-        time.sleep(0.2)
-        sent = time.time()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=60)
-        waited = time.time() - sent
-    finally:
-        proc.kill()
+    out, waited, _ = signal_when_stalled(proc, run_dir, signal.SIGTERM)
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert "did not stop within 2 s (train.stop_grace)" in out
     assert waited < 20

@@ -276,11 +276,12 @@ class EnvGroup:
             seed = None if seeds is None else seeds[j]
             try:
                 result = env.reset(seed=seed)
-                if not self.reset_checked[j]:
+                if not self.reset_checked[j]:  # its shape too
                     checks.check_reset_result(result, self.obs_space, self.start + j)
                     self._note_dtype(j, result[0], "reset")
                     self.reset_checked[j] = True
-                checks.check_observation_shape(result[0], self.obs_space, "reset")
+                else:
+                    checks.check_observation_shape(result[0], self.obs_space, "reset")
                 if seed is not None:
                     env.action_space.seed(seed)
                 view["obs"][j] = result[0]
