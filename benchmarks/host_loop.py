@@ -48,18 +48,24 @@ def main() -> None:
     carry = jax.jit(lambda k: reset(env, k))(key)
     n, T = env.spec.num_envs, args.steps
 
-    def trivial(state, obs, key):
-        return jnp.zeros(obs.shape[0], jnp.int32), {}
+    from fleetrl.types import Algorithm
+
+    def act_trivially(actor_params, actor_state, obs, key, explore, mask):
+        return jnp.zeros(obs.shape[0], jnp.int32), actor_state, {}
+
+    trivial = Algorithm(None, lambda s: None, lambda k, n: (), act_trivially, None, None)
 
     class IoCallbackEnv:  # the same env, stepped through JAX's io_callback
+        spec = env.spec
+
         def step(self, env_state, action):
             packed = io_callback(env._host_step, env._result_shape, action, ordered=True)
             return env_state + 1, host._unpack(packed)
 
     scan_host = jax.jit(lambda s, c: simulate(trivial, env, s, c, T))
     scan_io = jax.jit(lambda s, c: simulate(trivial, IoCallbackEnv(), s, c, T))
-    scan_ppo = jax.jit(lambda s, c: simulate(algo.policy, env, s, c, T))
-    policy = jax.jit(algo.policy)
+    scan_ppo = jax.jit(lambda s, c: simulate(algo, env, s, c, T))
+    policy = jax.jit(lambda s, obs, k: algo.act(algo.actor_params(s), (), obs, k, True, None))
     actions = np.zeros((T, n), np.int64)
     keys = list(jax.random.split(key, T))
 
@@ -70,7 +76,7 @@ def main() -> None:
     def python_loop():
         obs = np.asarray(carry.obs)
         for k in keys:
-            action, _ = policy(state, obs, k)
+            action, _, _ = policy(state, obs, k)
             obs = env.pool.step(np.asarray(action)).obs
 
     variants = {

@@ -30,8 +30,11 @@ ARGS = [
 ]
 
 
-def fleetrl_time(seed: int, cache_dir: str) -> tuple[float, int, float]:
-    result = run_fleetrl("ppo-cartpole", [*ARGS, "--train.seed", str(seed)], cache_dir)
+def fleetrl_time(
+    seed: int, cache_dir: str, preset: str = "ppo-cartpole"
+) -> tuple[float, int, float]:
+    """(seconds from process start to the threshold, env steps then, process wall time)."""
+    result = run_fleetrl(preset, [*ARGS, "--train.seed", str(seed)], cache_dir)
     reached = first_time_reaching(result["records"], THRESHOLD)
     if reached is None:
         return float("inf"), result["env_steps"], result["process_wall"]

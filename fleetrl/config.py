@@ -44,7 +44,9 @@ class EnvConfig:
     """Which environment, where it runs, and how many copies are stepped as one batch."""
 
     id: str = "CartPole-v1"
-    """Environment id: a gymnax id, a registered gymnasium id, or ``module.path:ClassName``."""
+    """Environment id: a gymnax id, a registered gymnasium id, ``module.path:ClassName``, or
+    a fake device env for smoke runs: fleetrl/fake-{discrete,continuous,image,masked}
+    (fleetrl.envs.fake_device)."""
     backend: Literal["auto", "gymnax", "gymnasium"] = "auto"
     """Where the env runs: gymnax (pure JAX, inside the compiled program), gymnasium (on the
     host, in a worker pool), or auto (gymnax when it has the id, gymnasium otherwise: a device
@@ -57,7 +59,12 @@ class EnvConfig:
     """gymnasium: the trainer process also steps a share of the envs (fastest on 2 cores with
     num_workers 1: see docs/BENCHMARKS.md, section 9)."""
     kwargs: str = ""
-    """gymnasium: keyword arguments of the env's constructor, a YAML mapping ("{a: 1}")."""
+    """Keyword arguments, a YAML mapping ("{a: 1}"): gymnasium: of the env's constructor;
+    gymnax: overrides of the env's parameters ("{memory_length: 20}"); fake device envs: of
+    FakeDeviceEnv ("{episode_length: 8}")."""
+    observe: tuple[int, ...] = ()
+    """Keep only these elements of a 1-D observation (empty: all of it): CartPole with
+    position and pole angle only, its velocities hidden, is ``--env.observe 0 2``."""
     preprocess: Literal["none", "atari"] = "none"
     """gymnasium: standard preprocessing wrappers (atari: 84x84 gray, frame skip 4, 4 stacked)."""
     step_timeout: float = 60.0
@@ -89,6 +96,9 @@ class EnvConfig:
         restarts = self.max_restarts
         require(restarts >= 0, "env.max_restarts", f"must be >= 0, got {restarts}")
         self.env_kwargs()
+        observe = self.observe
+        require(all(i >= 0 for i in observe), "env.observe", f"indices must be >= 0, got {observe}")
+        require(len(set(observe)) == len(observe), "env.observe", f"duplicate indices in {observe}")
 
     def env_kwargs(self) -> dict[str, Any]:
         """``kwargs`` parsed: a dict of keyword arguments for the env constructor."""
@@ -227,6 +237,71 @@ class RunConfig(Generic[A]):
         needed = -(-self.train.total_steps // self.steps_per_iteration)
         per_call = self.iterations_per_call
         return -(-needed // per_call) * per_call
+
+
+NOT_LEARNED: dict[str, str] = {
+    "train.seed": "seed",
+    "train.num_seeds": "seed",
+    "train.total_steps": "length",
+    "train.log_every": "cadence",
+    "train.eval_every": "cadence",
+    "train.eval_episodes": "cadence",
+    "train.eval_max_steps": "cadence",
+    "train.checkpoint_every": "cadence",
+    "train.stop_at_return": "cadence",
+    "train.xla_threads": "runtime",
+    "train.call_timeout": "runtime",
+    "train.stop_grace": "runtime",
+    "env.step_timeout": "runtime",
+    "env.start_timeout": "runtime",
+    "env.max_restarts": "runtime",
+    "env.on_error": "runtime",
+    "log.": "runtime",
+}
+"""The one list of settings that do not change what a run learns from what, by kind: ``seed``
+(which seeds), ``length`` (how long: it also sets the learning-rate and exploration schedules,
+so plots keep it apart), ``cadence`` (of logging, evaluation, checkpoints and stops) and
+``runtime`` (threads, timeouts, fault handling, logging backends). A key ending in ``.`` covers
+its whole section. Read through `not_learned` by the resume check (`fleetrl.train`), the
+program cache key (`fleetrl.programs.program_config`) and plot grouping
+(`fleetrl.plot.experiment`)."""
+
+SHAPES_PROGRAMS = (
+    "train.num_seeds",
+    "train.total_steps",
+    "train.log_every",
+    "train.eval_episodes",
+    "train.eval_max_steps",
+)
+"""Settings of `NOT_LEARNED` that still shape a compiled program: the seed axis, the iterations
+per call (``log_every``, ``total_steps``), the evaluation's envs and step bound, and the
+schedules (``total_steps``)."""
+
+
+def not_learned(*kinds: str) -> tuple[str, ...]:
+    """The dotted keys (or ``section.`` prefixes) of `NOT_LEARNED` of these kinds."""
+    return tuple(key for key, kind in NOT_LEARNED.items() if kind in kinds)
+
+
+def with_defaults(run: RunConfig, keys: tuple[str, ...]) -> RunConfig:
+    """``run`` with the settings ``keys`` (dotted, or ``section.`` for a whole section) at their
+    defaults: what is left is what the other settings decide."""
+    sections = {}
+    for key in keys:
+        section, _, name = key.partition(".")
+        current = sections.get(section, getattr(run, section))
+        if not name:
+            sections[section] = type(current)()
+            continue
+        default = next(f for f in dataclasses.fields(current) if f.name == name)
+        if default.default is not dataclasses.MISSING:
+            value = default.default
+        elif default.default_factory is not dataclasses.MISSING:
+            value = default.default_factory()
+        else:
+            raise ValueError(f"{key}: has no default to reset it to")
+        sections[section] = dataclasses.replace(current, **{name: value})
+    return dataclasses.replace(run, **sections)
 
 
 def check_values(section: Any, name: str) -> None:

@@ -52,3 +52,17 @@ def normal_kl(mean_p: Array, log_std_p: Array, mean_q: Array, log_std_q: Array) 
     return jnp.sum(
         log_std_q - log_std_p + (var_p + (mean_p - mean_q) ** 2) / (2 * var_q) - 0.5, axis=-1
     )
+
+
+MASKED_LOGIT = -1e9
+"""The logit of an illegal action: finite, so that entropies and KLs stay finite (a 0 x -inf
+would be NaN), and far enough below any real logit that its probability is exactly 0 in float32."""
+
+
+def mask_logits(logits: Array, mask: Array | None) -> Array:
+    """``logits`` with illegal actions (``mask`` False, ``[..., A]`` bool) set to
+    `MASKED_LOGIT`: sampling, the mode, log-probabilities, entropy and KL then see only the legal
+    actions (TF-Agents' masked categorical). ``mask=None``: every action is legal."""
+    if mask is None:
+        return logits
+    return jnp.where(mask, logits, jnp.asarray(MASKED_LOGIT, logits.dtype))

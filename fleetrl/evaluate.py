@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fleetrl.rollout import reset
+from fleetrl.rollout import EnvCarry, reset
 from fleetrl.types import Array
 
 
@@ -21,12 +21,11 @@ def make_evaluate(algo, env, max_steps: int | None = None):
     max_steps = episode_limit(max_steps, env.spec)
 
     def evaluate(algo_state, key: Array):
-        carry = reset(env, key)
+        actor_params = algo.actor_params(algo_state)
+        carry = reset(env, key, algo)
         zeros = jnp.zeros((num_episodes,), jnp.float32)
         init = (
-            carry.env_state,
-            carry.obs,
-            carry.key,
+            carry,
             zeros,
             jnp.zeros_like(zeros, jnp.int32),
             jnp.zeros((num_episodes,), bool),
@@ -34,20 +33,24 @@ def make_evaluate(algo, env, max_steps: int | None = None):
         )
 
         def cond(loop):
-            finished, t = loop[5], loop[6]
+            finished, t = loop[3], loop[4]
             return ~jnp.all(finished) & (t < max_steps)
 
         def body(loop):
-            env_state, obs, key, returns, lengths, finished, t = loop
-            key, policy_key = jax.random.split(key)
-            action, _ = algo.policy(algo_state, obs, policy_key, explore=False)
-            env_state, ts = env.step(env_state, action)
+            carry, returns, lengths, finished, t = loop
+            key, act_key = jax.random.split(carry.key)
+            action, actor_state, _ = algo.act(
+                actor_params, carry.actor_state, carry.obs, act_key, False, carry.action_mask
+            )
+            env_state, ts = env.step(carry.env_state, action)
             live = ~finished
             returns = jnp.where(live, ts.episode_return, returns)
             lengths = jnp.where(live, ts.episode_length, lengths)
-            return env_state, ts.obs, key, returns, lengths, finished | ts.episode_done, t + 1
+            # each env plays one episode: what its actor state becomes after it does not matter
+            carry = EnvCarry(env_state, ts.obs, key, actor_state, ts.action_mask)
+            return carry, returns, lengths, finished | ts.episode_done, t + 1
 
-        _, _, _, returns, lengths, finished, _ = jax.lax.while_loop(cond, body, init)
+        _, returns, lengths, finished, _ = jax.lax.while_loop(cond, body, init)
         return returns, lengths, finished
 
     return evaluate

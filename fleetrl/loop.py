@@ -41,6 +41,8 @@ class TrainResult:
     """Why a ``diverged`` run stopped, or why an ``unsaved`` one could not save."""
     signal: int | None = None
     """The signal that stopped an ``interrupted`` run (SIGINT, SIGTERM)."""
+    seeds: tuple[int, ...] = ()
+    """The seed of each of the run's seeds, in order (``train.seed + i``)."""
 
 
 DIVERGED_STREAK = 64
@@ -275,7 +277,7 @@ class Loop:
     def _save(self) -> bool:
         """Commit a checkpoint; refuse (False) when a parameter is NaN or Inf."""
         counters, run_dir = self.counters, self.run_dir
-        nonfinite = nonfinite_parameters(self.carry.algo_state)
+        nonfinite = nonfinite_parameters(self.algo.health(self.carry.algo_state).params)
         if nonfinite:
             self.divergence.append(
                 f"parameters are no longer finite at step {counters['env_steps']:,} "
@@ -321,6 +323,7 @@ class Loop:
             steps_here / self.run_time if self.run_time > 0 else math.nan,
             details.get(status, ""),
             self.signal if status == "interrupted" else None,
+            tuple(self.run.train.seed + i for i in range(self.num_seeds)),
         )
         try:
             _write_summary(result)
@@ -377,9 +380,9 @@ def all_solved(counters: dict, threshold: float | None) -> bool:
     return threshold is not None and all(r is not None for r in counters["solved_returns"])
 
 
-def nonfinite_parameters(algo_state) -> list[str]:
-    """Names of the parameter arrays holding a NaN or Inf (checked on the host before saving)."""
-    params = getattr(algo_state, "params", algo_state)
+def nonfinite_parameters(params) -> list[str]:
+    """Names of the parameter arrays holding a NaN or Inf (checked on the host before saving);
+    ``params``: what the algorithm's `Health` names (all seeds)."""
     leaves = jax.tree_util.tree_flatten_with_path(jax.device_get(params))[0]
     return [
         jax.tree_util.keystr(path)
@@ -444,6 +447,7 @@ def _write_summary(result: TrainResult) -> None:
         "status": result.status,
         **({"detail": result.detail} if result.detail else {}),
         "env_steps": result.env_steps,
+        "seeds": list(result.seeds),
         "eval_returns": None  # NaN (no evaluation episode ended) as null: strict JSON
         if result.eval_returns is None
         else [x if math.isfinite(x) else None for x in np.asarray(result.eval_returns).tolist()],

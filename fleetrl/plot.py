@@ -108,15 +108,14 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
 
 def experiment(config: dict[str, Any]) -> dict[str, Any]:
     """The settings of a flattened config that change what a run learns: all but the seeds,
-    logging, and what a resume may change (`fleetrl.train.RESUME_MAY_CHANGE`), except
-    ``train.total_steps``, which sets the learning-rate and exploration schedules."""
+    cadences, and runtime settings (`fleetrl.config.NOT_LEARNED`); ``train.total_steps`` is
+    kept, as it sets the learning-rate and exploration schedules."""
     from types import SimpleNamespace
 
+    from fleetrl.config import not_learned
     from fleetrl.envs import resolve_backend
-    from fleetrl.train import RESUME_MAY_CHANGE
 
-    ignored = ("train.seed", "train.num_seeds")
-    ignored += tuple(k for k in RESUME_MAY_CHANGE if k != "train.total_steps")
+    ignored = not_learned("seed", "cadence", "runtime")
     kept = {k: v for k, v in config.items() if not k.startswith(ignored)}
     if "env.backend" in kept:  # where the env ran: runs from when gymnax was the default say so
         env = SimpleNamespace(id=kept.get("env.id"), backend=kept["env.backend"])

@@ -8,7 +8,6 @@ program, XLA compiles it in the background (`compile_program`), and JAX's persis
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fleetrl import aot, xla_cpu
-from fleetrl.config import LogConfig, RunConfig, dump_yaml
+from fleetrl.config import SHAPES_PROGRAMS, RunConfig, dump_yaml, not_learned, with_defaults
 from fleetrl.evaluate import make_evaluate
 from fleetrl.interrupts import CallWatchdog
 from fleetrl.rollout import EnvCarry, reset, simulate
@@ -147,25 +146,13 @@ def compile_program(
 
 
 def program_config(run: RunConfig) -> str:
-    """What of ``run`` shapes its compiled programs (device envs), as YAML: seeds, evaluation
-    and checkpoint cadences, thread choices and logging left out (``run`` as `train` passes it,
+    """What of ``run`` shapes its compiled programs (device envs), as YAML: the settings that
+    change nothing learned (`fleetrl.config.NOT_LEARNED`) at their defaults, but those that
+    still shape a program (`fleetrl.config.SHAPES_PROGRAMS`) (``run`` as `train` passes it,
     with its env backend resolved)."""
-    return dump_yaml(
-        dataclasses.replace(
-            run,
-            train=dataclasses.replace(
-                run.train,
-                seed=0,
-                eval_every=0,
-                checkpoint_every=0,
-                stop_at_return=None,
-                xla_threads="auto",
-                call_timeout=0.0,
-                stop_grace=0.0,
-            ),
-            log=LogConfig(),
-        )
-    )
+    kinds = ("seed", "length", "cadence", "runtime")
+    reset = tuple(key for key in not_learned(*kinds) if key not in SHAPES_PROGRAMS)
+    return dump_yaml(with_defaults(run, reset))
 
 
 def make_init(algo, env):
@@ -173,7 +160,7 @@ def make_init(algo, env):
 
     def init(key: Array) -> Carry:
         init_key, env_key, loop_key = jax.random.split(key, 3)
-        return Carry(algo.init(init_key), reset(env, env_key), loop_key)
+        return Carry(algo.init(init_key), reset(env, env_key, algo), loop_key)
 
     return jax.jit(over_seeds(init))
 
@@ -205,7 +192,7 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
 
     def iteration(carry: Carry, frozen):
         key, learn_key = jax.random.split(carry.key)
-        env_carry, rollout = simulate(algo.policy, env, carry.algo_state, carry.env, num_steps)
+        env_carry, rollout = simulate(algo, env, carry.algo_state, carry.env, num_steps)
         algo_state, metrics = algo.learn(carry.algo_state, rollout, learn_key)
         if bounds is not None:  # device envs clip; host envs report the pool's own count
             outside = (rollout.action < bounds[0]) | (rollout.action > bounds[1])
@@ -214,6 +201,7 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
             algo_state = jax.tree.map(
                 lambda old, new: jnp.where(frozen, old, new), carry.algo_state, algo_state
             )
+        metrics.update(health_metrics(algo.health(carry.algo_state), algo.health(algo_state)))
         done = rollout.done
         metrics["episodes/return_sum"] = jnp.sum(jnp.where(done, rollout.episode_return, 0.0))
         metrics["episodes/length_sum"] = jnp.sum(jnp.where(done, rollout.episode_length, 0))
@@ -223,7 +211,7 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
     def call(carry: Carry, frozen=None):
         if iterations == 1:
             # No loop at all: a CNN's backward pass is ~10x slower inside an XLA:CPU loop (see
-            # fleetrl/algos/ppo/learner.py), and a one-trip scan still cost that here (one
+            # fleetrl/algos/actor_critic/learner.py), and a one-trip scan still cost that here (one
             # ppo-breakout iteration: 130 s with it, 10.6 s without; BENCHMARKS section 10).
             # The CNN presets run one iteration per call.
             carry, metrics = iteration(carry, frozen)
@@ -233,6 +221,16 @@ def make_train_call(algo, env, num_steps: int, iterations: int, freezable: bool 
     # No donate_argnums: with jax 0.10.2 on CPU, a donating executable loaded from the persistent
     # compilation cache hung forever on its second use in the same process (vmapped seeds).
     return jax.jit(over_seeds(call))
+
+
+def health_metrics(before, after) -> dict[str, Array]:
+    """From the `Health` of the state before and after an iteration: ``train/skipped_updates``
+    (updates skipped as non-finite in it) and ``train/nonfinite_streak`` (consecutive skipped
+    updates at its end), which the driver reads to stop a diverged run (`fleetrl.loop`)."""
+    return {
+        "train/skipped_updates": after.skipped_updates - before.skipped_updates,
+        "train/nonfinite_streak": after.nonfinite_streak,
+    }
 
 
 def _clip_bounds(env):

@@ -62,8 +62,9 @@ def print_summary(console, result) -> None:
     table.add_column("seed")
     table.add_column("eval return", justify="right")
     returns = [] if result.eval_returns is None else np.asarray(result.eval_returns).tolist()
-    for i, value in enumerate(returns):
-        table.add_row(str(i), f"{value:.1f}")
+    seeds = list(getattr(result, "seeds", ())) or list(range(len(returns)))
+    for seed, value in zip(seeds, returns, strict=False):
+        table.add_row(str(seed), f"{value:.1f}")
     console.print(table)
     console.print(
         f"wall time {result.wall_time:.1f} s (compile {result.compile_time:.1f} s), "

@@ -73,3 +73,37 @@ def n_step_target(
         last, columns
     ]
     return rewards + gamma ** (last + 1).astype(reward.dtype) * bootstrap
+
+
+def monte_carlo_returns(
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    next_value: Array,
+    gamma: float,
+) -> tuple[Array, Array]:
+    """Monte-Carlo returns (REINFORCE, Williams 1992) over a window of whole and partial episodes.
+
+    Args: ``reward, terminated, truncated, next_value``: ``[T, N]`` (``next_value[t]``: the
+    value of the state step ``t`` reached, read only where it was truncated: an episode cut by
+    a time limit bootstraps from it, pass zeros for no bootstrap). Returns ``(returns,
+    complete)``, ``[T, N]``: ``returns[t]`` is the discounted sum of rewards from ``t`` to the
+    end of its episode; ``complete[t]`` says whether that end lies in the window (where it
+    does not, ``returns[t]`` is only the partial sum and must not be learned from).
+    """
+    not_done = 1.0 - (terminated | truncated).astype(reward.dtype)
+    bootstrap = truncated.astype(reward.dtype) * next_value
+
+    def backward(carry, xs):
+        ret, complete = carry
+        reward_t, not_done_t, bootstrap_t, done_t = xs
+        ret = reward_t + gamma * (not_done_t * ret + bootstrap_t)
+        complete = done_t | complete
+        return (ret, complete), (ret, complete)
+
+    init = (jnp.zeros_like(reward[0]), jnp.zeros(reward.shape[1:], bool))
+    done = terminated | truncated
+    _, (returns, complete) = jax.lax.scan(
+        backward, init, (reward, not_done, bootstrap, done), reverse=True
+    )
+    return returns, complete

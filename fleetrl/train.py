@@ -16,29 +16,21 @@ from typing import Any
 
 from fleetrl import checkpoint, envs, rundir
 from fleetrl.build import build, close_envs, host_metrics
-from fleetrl.config import ConfigError, RunConfig, config_from_dict, load_preset, to_dict
+from fleetrl.config import (
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    load_preset,
+    not_learned,
+    to_dict,
+)
 from fleetrl.logger import RunLogger
 from fleetrl.loop import Loop, TrainResult, solved_returns
 from fleetrl.programs import Carry, compile_run, seed_keys, wait_compiled
 from fleetrl.restore import load_checkpoint
 from fleetrl.rundir import RunLock, new_run_dir, write_config_and_metadata
 
-RESUME_MAY_CHANGE = (
-    "train.total_steps",
-    "train.log_every",
-    "train.eval_every",
-    "train.eval_episodes",
-    "train.eval_max_steps",
-    "train.checkpoint_every",
-    "train.stop_at_return",
-    "train.xla_threads",
-    "train.call_timeout",
-    "train.stop_grace",
-    "env.step_timeout",
-    "env.max_restarts",
-    "env.on_error",
-    "log.",
-)
+RESUME_MAY_CHANGE = not_learned("length", "cadence", "runtime")
 """What a resumed run may change without ``allow_config_changes``: its length, its cadence of
 logging, evaluation and checkpoints, and its handling of faults; never what it learns or from
 what."""

@@ -25,8 +25,9 @@ import numpy as np
 
 from fleetrl.config import ConfigError
 
-Policy = Callable[[np.ndarray], np.ndarray]
-"""``policy(obs[1, ...]) -> action[1, ...]``: NumPy in, NumPy out, deterministic."""
+Policy = Callable[..., np.ndarray]
+"""``policy(obs[1, ...], mask=None) -> action[1, ...]``: NumPy in, NumPy out, deterministic
+(`NumpyPolicy`; a policy with a ``reset()`` method is reset at each episode's start)."""
 
 # gymnax id -> the gymnasium id with the same dynamics, observation and action layout. Checked:
 # observation shapes, action spaces and time limits agree (gymnax obs are float32, as ours).
@@ -102,8 +103,13 @@ def make_render_env(env_id: str, env_kwargs: dict | None = None):
         from fleetrl.envs.host import GymnasiumFactory
 
         kwargs["render_mode"] = "rgb_array"
-        return GymnasiumFactory(env_id, tuple(kwargs.items()), preprocess)(0)
-    return gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
+        env = GymnasiumFactory(env_id, tuple(kwargs.items()), preprocess)(0)
+    else:
+        env = gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
+    from fleetrl.envs.adapt import adapt
+
+    # as the training pool sees it: Discrete observations one-hot, a Dict's mask in info
+    return adapt(env, 0)
 
 
 def _render(env, env_id: str) -> np.ndarray:
@@ -201,6 +207,7 @@ def record_episodes(
     env_kwargs: dict | None = None,
     max_steps: int | None = None,
     fps: float | None = None,
+    observe: tuple[int, ...] = (),
 ) -> list[dict]:
     """Play ``episodes`` episodes of ``policy`` in gymnasium's ``env_id``, one MP4 each.
 
@@ -208,7 +215,8 @@ def record_episodes(
     ``seed + i`` and written to ``outdir/<prefix>_<i>.mp4`` at ``fps`` (default: the env's
     ``render_fps``). A video holds ``length + 1`` frames: the reset frame, then one per step.
     An episode ends at termination, truncation (the env's time limit) or after ``max_steps``
-    steps (default: the time limit, else 1000; ``finished`` is then False).
+    steps (default: the time limit, else 1000; ``finished`` is then False). ``observe``: the
+    indices of the observation the policy was trained on (``env.observe``); empty for all.
 
     Returns ``[{"episode", "return", "length", "finished", "file"}]``, ``file`` relative to
     ``outdir``. Raises VideoError, saying what to install, when imageio, pygame or MuJoCo's GL
@@ -226,7 +234,7 @@ def record_episodes(
         for i in range(episodes):
             name = f"{prefix}_{i}.mp4"
             total, length, finished = _play(
-                env, env_id, policy, to_action, seed + i, outdir / name, fps, limit
+                env, env_id, policy, to_action, seed + i, outdir / name, fps, limit, observe
             )
             result = {"episode": i, "return": total, "length": length, "finished": finished}
             results.append(result | {"file": name})
@@ -235,16 +243,28 @@ def record_episodes(
     return results
 
 
-def _play(env, env_id, policy, to_action, seed, path, fps, limit) -> tuple[float, int, bool]:
-    """One episode into the MP4 at ``path``: ``(return, length, finished)``."""
-    obs, _ = env.reset(seed=seed)
+def _play(
+    env, env_id, policy, to_action, seed, path, fps, limit, observe=()
+) -> tuple[float, int, bool]:
+    """One episode into the MP4 at ``path``: ``(return, length, finished)``; ``observe``: the
+    indices of the observation the policy sees (``env.observe``), empty for all."""
+    obs, info = env.reset(seed=seed)
     first = _render(env, env_id)  # fails before a file exists if rendering cannot work
     total, length, finished = 0.0, 0, False
+    if hasattr(policy, "reset"):  # a recurrent policy starts the episode from a fresh state
+        policy.reset()
     with _open_writer(path, fps) as writer:
         writer.append_data(first)
         while not finished and length < limit:
-            action = policy(np.asarray(obs, dtype=np.float32)[None])
-            obs, reward, terminated, truncated, _ = env.step(to_action(action))
+            obs = np.asarray(obs, dtype=np.float32)
+            if observe:
+                obs = obs[list(observe)]
+            mask = info.get("action_mask")
+            if mask is None:
+                action = policy(obs[None])
+            else:  # an env that masks actions: the policy picks a legal one
+                action = policy(obs[None], np.asarray(mask, bool)[None])
+            obs, reward, terminated, truncated, info = env.step(to_action(action))
             total += float(reward)
             length += 1
             finished = bool(terminated or truncated)
@@ -268,42 +288,71 @@ def _load_run(run_dir: str | Path):
     return run, loaded.algo, loaded.env.spec, loaded.algo_state, loaded.step
 
 
-def make_numpy_policy(algo, spec, algo_state, seed_index: int = 0, jitted=None) -> Policy:
-    """``algo.policy(state, obs, key, explore=False)`` of one seed, jitted, NumPy in and out.
+class NumpyPolicy:
+    """One seed's deterministic policy, jitted, NumPy in and out; keeps its actor state (a
+    recurrent core's) from call to call: `reset` it where an episode begins.
 
-    ``algo_state`` has a leading seed axis (``[num_seeds, ...]``, as in the training carry);
-    seed ``seed_index`` acts. ``jitted``: a ``jit_policy(algo)`` to reuse its compilation.
-    The policy takes a batch ``[N, *spec.observation_shape]`` or one observation (then it
-    returns one action); other shapes are a ConfigError naming both forms.
+    ``policy(obs, mask=None)`` takes a batch ``[N, *observation_shape]`` or one observation
+    (then it returns one action); ``mask``: the legal actions (``[N, A]`` or ``[A]``), for envs
+    that mask them. Other shapes are a ConfigError naming both forms.
     """
+
+    def __init__(self, algo, spec, actor_params, act):
+        self.algo, self.spec, self.actor_params, self.act = algo, spec, actor_params, act
+        self.shape = tuple(spec.observation_shape)
+        self.actor_state, self.batch = None, None
+
+    def reset(self) -> None:
+        """Start new episodes: the next call begins from a fresh actor state."""
+        self.actor_state = None
+
+    def __call__(self, obs: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        obs = np.asarray(obs)
+        single = obs.shape == self.shape
+        if single:  # one observation: its action, without a batch axis
+            obs = obs[None]
+            mask = None if mask is None else np.asarray(mask, bool)[None]
+        elif obs.ndim != len(self.shape) + 1 or obs.shape[1:] != self.shape:
+            shape = self.shape
+            raise ConfigError(
+                f"{self.spec.env_id}: observation of shape {obs.shape}; the policy was trained "
+                f"on observations of shape {shape}: give one as {shape} or a batch as (N, "
+                f"{', '.join(map(str, shape))})"
+            )
+        if self.actor_state is None or self.batch != obs.shape[0]:
+            import jax
+
+            key = jax.random.PRNGKey(0)
+            self.actor_state, self.batch = self.algo.init_actor(key, obs.shape[0]), obs.shape[0]
+        mask = None if mask is None else np.asarray(mask, bool)
+        action, self.actor_state = self.act(self.actor_params, self.actor_state, obs, mask)
+        action = np.asarray(action)
+        return action[0] if single else action
+
+
+def make_numpy_policy(algo, spec, algo_state, seed_index: int = 0, jitted=None) -> NumpyPolicy:
+    """`NumpyPolicy` of seed ``seed_index`` of ``algo_state`` (which has a leading seed axis,
+    ``[num_seeds, ...]``, as in the training carry). ``jitted``: a ``jit_policy(algo)`` to
+    reuse its compilation."""
     import jax
 
     state = jax.tree.map(lambda x: x[seed_index], algo_state)
     act = jitted or jit_policy(algo)
-    key = np.zeros((2,), np.uint32)  # unused when explore=False, but part of the contract
-
-    shape = tuple(spec.observation_shape)
-
-    def policy(obs: np.ndarray) -> np.ndarray:
-        obs = np.asarray(obs)
-        if obs.shape == shape:  # one observation: its action, without a batch axis
-            return np.asarray(act(state, obs[None], key))[0]
-        if obs.ndim != len(shape) + 1 or obs.shape[1:] != shape:
-            raise ConfigError(
-                f"{spec.env_id}: observation of shape {obs.shape}; the policy was trained on "
-                f"observations of shape {shape}: give one as {shape} or a batch as (N, "
-                f"{', '.join(map(str, shape))})"
-            )
-        return np.asarray(act(state, obs, key))
-
-    return policy
+    return NumpyPolicy(algo, spec, algo.actor_params(state), act)
 
 
 def jit_policy(algo):
-    """``jax.jit((state, obs[N], key) -> action[N])``: ``algo``'s deterministic policy."""
+    """``jax.jit((actor_params, actor_state, obs[N], mask) -> (action[N], actor_state))``:
+    ``algo``'s deterministic policy."""
     import jax
 
-    return jax.jit(lambda state, obs, key: algo.policy(state, obs, key, explore=False)[0])
+    key = np.zeros((2,), np.uint32)  # unused when explore=False, but part of the contract
+
+    def act(actor_params, actor_state, obs, mask):
+        action, actor_state, _ = algo.act(actor_params, actor_state, obs, key, False, mask)
+        return action, actor_state
+
+    return jax.jit(act)
 
 
 def _backend(env_config) -> str:
@@ -316,9 +365,12 @@ def _backend(env_config) -> str:
 
 def _render_target(run) -> tuple[str, dict]:
     """``(gymnasium_id, env_kwargs)`` to play ``run``'s policy in; ConfigError if none fits."""
-    env_id = gymnasium_id(run.env.id, _backend(run.env))
+    backend = _backend(run.env)
+    env_id = gymnasium_id(run.env.id, backend)
     kwargs = getattr(run.env, "env_kwargs", None)  # a field or a method, by version
     kwargs = dict((kwargs() if callable(kwargs) else kwargs) or {})
+    if backend == "gymnax":  # a gymnax env's kwargs are its parameters, not its twin's
+        kwargs = {}
     preprocess = getattr(run.env, "preprocess", "none")
     return env_id, kwargs | ({"preprocess": preprocess} if preprocess != "none" else {})
 
@@ -352,6 +404,7 @@ def visualize_run(
         outdir=outdir,
         seed=seed,
         env_kwargs=env_kwargs,
+        observe=tuple(getattr(run.env, "observe", ())),
     )
     summary = {
         "env_id": env_id,
@@ -389,6 +442,7 @@ def make_training_recorder(run, algo, spec, *, episodes: int = 1, seed: int = 0)
                 outdir=outdir,
                 seed=seed,
                 env_kwargs=env_kwargs,
+                observe=tuple(getattr(run.env, "observe", ())),
             )
         except OSError as error:  # ffmpeg stopped by Ctrl+C (see _imageio), a full disk, ...
             warnings.warn(f"no video at step {step}: {error}", RuntimeWarning, stacklevel=2)

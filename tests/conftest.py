@@ -10,13 +10,26 @@ from fleetrl.config import RunConfig, load_preset
 
 
 def pytest_configure(config):
-    """Run the suite on one CPU, as the CLI does for vmapped seeds (see
+    """Run each test process on one CPU, as the CLI does for vmapped seeds (see
     fleetrl.cli.use_one_core_for_vmapped_seeds): tests train 2 seeds in-process, and XLA:CPU's
     thread pool occasionally wedged on vmapped programs with jax 0.10.2. Must happen before JAX
-    creates its thread pool."""
-    from fleetrl.cli import use_one_core_for_vmapped_seeds
+    creates its thread pool. Under pytest-xdist (``-n 2``, the default) worker ``gw<i>`` takes
+    CPU ``i`` (modulo the CPUs it may use): pinned to the same CPU, two workers were no faster
+    than one."""
+    import os
 
-    use_one_core_for_vmapped_seeds()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not worker and (config.getoption("numprocesses", None) or 0) > 0:
+        return  # xdist's controller runs no test: its workers pin themselves (they inherit it)
+    if not worker.startswith("gw") or not hasattr(os, "sched_setaffinity"):
+        from fleetrl.cli import use_one_core_for_vmapped_seeds
+
+        use_one_core_for_vmapped_seeds()
+        return
+    if os.environ.get("FLEETRL_VMAP_ONE_CORE", "1") == "0":
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {cpus[int(worker[2:]) % len(cpus)]})
 
 
 def with_log(run: RunConfig, **log) -> RunConfig:
@@ -48,9 +61,10 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
         checkpoint_every=0,
     )
     train_fields.update(train)
-    algo = run.algo
-    if run.algorithm == "dqn":
-        algo = dataclasses.replace(algo, learning_starts=0, gradient_steps=4)
+    from fleetrl.algos import get_algorithm
+
+    # each algorithm says what makes its presets tiny (DQN: learn at once, few gradient steps)
+    algo = dataclasses.replace(run.algo, **get_algorithm(run.algorithm).TEST_CONFIG)
     return dataclasses.replace(
         run,
         algo=algo,

@@ -14,6 +14,10 @@ PRESETS = [
     "ppo-pendulum",
     "ppo-mountaincar-continuous",
     "dqn-cartpole",
+    "a2c-cartpole",
+    "reinforce-cartpole",
+    "ppo-gru-memorychain",
+    "ppo-lstm-cartpole-novel",
 ]
 HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
     "ppo-cartpole-gym",
@@ -26,11 +30,13 @@ HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
     "ppo-humanoid",
     "ppo-pong",
     "ppo-breakout",
+    "ppo-taxi-masked",
 ]
 
 
 def test_required_presets_exist_and_state_what_they_reach():
     names = preset_names()
+    assert sorted(PRESETS + HOST_PRESETS) == sorted(names)  # every shipped preset smoke-runs
     for name in PRESETS + HOST_PRESETS:
         assert name in names
         run = load_preset(name)

@@ -4,12 +4,17 @@ import dataclasses
 import json
 import multiprocessing
 
+import gymnasium
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from fleetrl.cli import main
 from fleetrl.config import ConfigError
 from fleetrl.envs.errors import EnvStepError
+from fleetrl.envs.host import HostEnv
+from fleetrl.envs.pool import EnvPool
 from fleetrl.train import train
 
 FAKE = "fleetrl.envs.fake:FaultyEnv"
@@ -120,3 +125,29 @@ def test_cli_reports_env_errors_and_unknown_ids(tmp_path, capsys):
     code = main(["train", "ppo-cartpole-gym", "--env.id", "NoSuchEnv-v9"])
     assert code == 2
     assert "NoSuchEnv-v9" in capsys.readouterr().err
+
+
+class TinyImageEnv(gymnasium.Env):
+    """uint8 frames, as Atari's after preprocessing (smaller)."""
+
+    observation_space = gymnasium.spaces.Box(0, 255, (2, 6, 6), np.uint8)
+    action_space = gymnasium.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.full((2, 6, 6), 9, np.uint8), {}
+
+    def step(self, action):
+        return np.full((2, 6, 6), 9, np.uint8), 0.0, False, False, {}
+
+
+@pytest.mark.timeout(60)
+def test_host_spec_says_the_observation_dtype_the_pool_keeps():
+    images = HostEnv(EnvPool(TinyImageEnv, 2, 0))
+    floats = HostEnv(EnvPool.from_id("CartPole-v1", 2, 0))
+    try:
+        assert images.spec.observation_dtype == "uint8" and not images.spec.action_mask
+        assert images.reset(jax.random.PRNGKey(0))[1].obs.dtype == jnp.uint8
+        assert floats.spec.observation_dtype == "float32"
+    finally:
+        images.close()
+        floats.close()

@@ -60,3 +60,23 @@ def test_ppo_lunarlander_reaches_200(tmp_path):
     """LunarLander-v3 in 2 worker processes: the issue's bar is an evaluation return >= 200."""
     result = train(as_shipped("ppo-lunarlander", tmp_path, stop_at_return=200.0))
     assert result.eval_returns[0] >= 200, result.eval_returns
+
+
+def test_a2c_cartpole_solves_for_every_seed(tmp_path):
+    """A2C as shipped, 5 seeds in one program: each reaches 500 within the budget."""
+    result = train(as_shipped("a2c-cartpole", tmp_path, num_seeds=5, seed=0))
+    assert result.status == "threshold" and np.all(result.eval_returns >= 500), result.eval_returns
+
+
+def test_reinforce_cartpole_solves_for_every_seed(tmp_path):
+    """REINFORCE with a baseline as shipped, 5 seeds in one program: each reaches 500."""
+    result = train(as_shipped("reinforce-cartpole", tmp_path, num_seeds=5, seed=0))
+    assert result.status == "threshold" and np.all(result.eval_returns >= 500), result.eval_returns
+
+
+def test_lstm_ppo_solves_cartpole_with_the_velocities_hidden(tmp_path):
+    """A partially observed task (position and angle only), 5 seeds in one program: the LSTM
+    policy reaches 500 for each within the budget (a feed-forward one cannot infer the
+    velocities from one observation)."""
+    result = train(as_shipped("ppo-lstm-cartpole-novel", tmp_path, num_seeds=5, seed=0))
+    assert result.status == "threshold" and np.all(result.eval_returns >= 500), result.eval_returns

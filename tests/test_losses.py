@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from fleetrl import distributions as D
+from fleetrl.algos.actor_critic import losses
 from fleetrl.algos.dqn import td_loss
-from fleetrl.algos.ppo import losses
 
 
 def test_clipped_surrogate_hand_computed():

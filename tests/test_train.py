@@ -30,7 +30,7 @@ def records(run_dir):
 def test_every_preset_smoke_runs(tiny, preset):
     run = tiny(preset)
     result = train(run)
-    assert result.status == "completed"
+    assert result.status in ("completed", "threshold")  # the memory task: solved at once
     assert result.eval_returns.shape == (1,)
     if run.train.eval_max_steps == 0:  # Atari's are cut at 50 steps: no episode ends (NaN)
         assert np.isfinite(result.eval_returns).all()

@@ -29,11 +29,10 @@ import argparse
 import json
 
 import torch
+from sb3_callbacks import StopAtThreshold, TimedEval
 from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import (
     BaseCallback,
-    EvalCallback,
-    StopTrainingOnRewardThreshold,
 )
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -63,31 +62,6 @@ class FirstRollout(BaseCallback):
         """Env steps per second from the end of the first rollout until now."""
         t1, n1 = self.mark
         return (self.model.num_timesteps - n1) / (time.perf_counter() - t1)
-
-
-class TimedEval(EvalCallback):
-    """EvalCallback that also accumulates the wall time spent evaluating."""
-
-    eval_s = 0.0
-
-    def _on_step(self):
-        t = time.perf_counter()
-        cont = super()._on_step()
-        if self.eval_freq > 0 and self.n_calls % self.eval_freq == 0:
-            self.eval_s += time.perf_counter() - t
-        return cont
-
-
-class StopAtThreshold(StopTrainingOnRewardThreshold):
-    """StopTrainingOnRewardThreshold that records when (wall, steps) the threshold was hit."""
-
-    hit = None
-
-    def _on_step(self):
-        cont = super()._on_step()
-        if not cont and self.hit is None:
-            self.hit = (time.time(), self.num_timesteps)
-        return cont
 
 
 def zoo_model(seed):

@@ -1,4 +1,5 @@
-"""Algorithms, each a module with ``Config``, ``check_config``, ``check_spec`` and ``make``.
+"""Algorithms, each a module with ``Config``, ``check_config``, ``check_spec``, ``make`` and
+``TEST_CONFIG`` (the ``algo`` overrides that make one of its presets tiny for tests).
 
 Modules are imported on first use so that ``fleetrl presets`` and config errors stay fast.
 """
@@ -8,7 +9,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-ALGORITHMS = {"ppo": "fleetrl.algos.ppo", "dqn": "fleetrl.algos.dqn"}
+ALGORITHMS = {
+    "ppo": "fleetrl.algos.actor_critic.ppo",
+    "a2c": "fleetrl.algos.actor_critic.a2c",
+    "reinforce": "fleetrl.algos.actor_critic.reinforce",
+    "dqn": "fleetrl.algos.dqn",
+}
 
 
 def get_algorithm(name: str) -> ModuleType:

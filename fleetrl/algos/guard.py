@@ -70,11 +70,23 @@ def skip_metrics(before: SkipState, after: SkipState) -> dict[str, Array]:
 
 
 def upgrade_checkpoint(saved: Any, expected: Any) -> Any:
-    """A checkpoint's state dict from before `clip_or_skip` in today's layout: the optimizer
-    state was ``(clip_by_global_norm's empty state, adam's state)``; it becomes a `SkipState`
-    with no skipped updates. Anything else is returned as it is (for `checkpoint.load`)."""
+    """A checkpoint's state dict from an older layout in today's (for `checkpoint.load`):
+
+    - from before `clip_or_skip`, the optimizer state was ``(clip_by_global_norm's empty state,
+      adam's state)``; it becomes a `SkipState` with no skipped updates;
+    - fields added since that hold nothing for the checkpoint's run (algorithm contract v2: the
+      carry's ``actor_state`` of a feed-forward actor and ``action_mask`` of an env without
+      masks; the actor-critic state's ``pending`` outside REINFORCE) are added empty.
+
+    Anything else is returned as it is."""
     if not isinstance(saved, dict) or not isinstance(expected, dict):
         return saved
+    empty = {
+        k: v
+        for k, v in expected.items()
+        if k not in saved and (v is None or (isinstance(v, dict) and not v))
+    }
+    saved = saved | empty if empty else saved
     if set(expected) == {"inner", "streak", "skipped"} and set(saved) == {"0", "1"}:
         if saved["0"] in ({}, None):
             like = expected["streak"]  # an array or a ShapeDtypeStruct: [seeds] or a scalar

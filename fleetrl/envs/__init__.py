@@ -4,14 +4,20 @@ from __future__ import annotations
 
 BACKENDS = ("gymnax", "gymnasium")
 
+FAKE_DEVICE_IDS = {
+    f"fleetrl/fake-{kind}": kind for kind in ("discrete", "continuous", "image", "masked")
+}
+"""Ids of the fake device envs (`fleetrl.envs.fake_device.FakeDeviceEnv`, backend gymnax),
+for smoke runs of every algorithm on every kind of spec: ``--env.id fleetrl/fake-masked``. The
+kinds are `fleetrl.envs.fake_device.KINDS`, spelled out here so that resolving an id imports
+no JAX."""
+
 
 def resolve_backend(config) -> str:
     """``config.backend``, with "auto" resolved: gymnax when it has the id, else gymnasium."""
     if config.backend != "auto":
         return config.backend
-    from fleetrl.envs.device import is_gymnax_id
-
-    return "gymnax" if is_gymnax_id(config.id) else "gymnasium"
+    return "gymnax" if _has("gymnax", config.id) else "gymnasium"
 
 
 def with_resolved_backend(run):
@@ -49,7 +55,8 @@ def check_env_id(env_id: str, backend: str) -> None:
 
     from fleetrl.envs.device import gymnax_ids
 
-    known = list(dict.fromkeys(gymnax_ids() + _gymnasium_ids()))  # CartPole-v1 is in both
+    known = [*FAKE_DEVICE_IDS, *gymnax_ids(), *_gymnasium_ids()]
+    known = list(dict.fromkeys(known))  # CartPole-v1 is in both
     close = difflib.get_close_matches(env_id, known, n=3)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ConfigError(
@@ -59,6 +66,8 @@ def check_env_id(env_id: str, backend: str) -> None:
 
 
 def _has(backend: str, env_id: str) -> bool:
+    if env_id in FAKE_DEVICE_IDS:
+        return backend == "gymnax"
     if backend == "gymnax":
         from fleetrl.envs.device import is_gymnax_id
 
@@ -91,7 +100,8 @@ def make(config, num_envs: int | None = None, num_workers: int | None = None, be
     ``num_workers`` overrides the config's worker count for host envs. ``beside``: a host env
     of the same config whose spec this one shares while its pool starts on a thread (the
     evaluation env, beside compilation: `fleetrl.envs.host.HostEnv.from_config`). An id the
-    backend does not have is a ``ConfigError`` (see `check_env_id`).
+    backend does not have is a ``ConfigError`` (see `check_env_id`), and so is an
+    ``env.observe`` that does not fit the env's observation (`fleetrl.envs.observe`).
     """
     num_envs = config.num_envs if num_envs is None else num_envs
     backend = resolve_backend(config)
@@ -99,11 +109,27 @@ def make(config, num_envs: int | None = None, num_workers: int | None = None, be
         raise ValueError(f"env.backend: unknown backend {config.backend!r}")
     check_env_id(config.id, config.backend)
     if backend == "gymnax":
-        from fleetrl.envs.device import GymnaxEnv
-
-        return GymnaxEnv(config.id, num_envs)
+        return _make_device(config, num_envs)
     from fleetrl.envs import trust
     from fleetrl.envs.host import HostEnv
 
     trust.check_kwargs(config.id, config.env_kwargs())
     return HostEnv.from_config(config, num_envs, num_workers, beside)
+
+
+def _make_device(config, num_envs: int):
+    """A gymnax env or a fake device env, ``env.kwargs`` its parameters, seeing
+    ``env.observe`` of its observation."""
+    if config.id in FAKE_DEVICE_IDS:
+        from fleetrl.envs.fake_device import FakeDeviceEnv
+
+        env = FakeDeviceEnv.from_kwargs(FAKE_DEVICE_IDS[config.id], num_envs, config.env_kwargs())
+    else:
+        from fleetrl.envs.device import GymnaxEnv
+
+        env = GymnaxEnv(config.id, num_envs, config.env_kwargs())
+    if not config.observe:
+        return env
+    from fleetrl.envs.observe import ObservedEnv
+
+    return ObservedEnv(env, config.observe)

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import numpy as np
 from gymnasium import spaces
 
+from fleetrl.envs.adapt import legal_sample
 from fleetrl.envs.errors import (
     MismatchedSpacesError,
     ObservationShapeError,
@@ -20,7 +21,10 @@ from fleetrl.envs.errors import (
 )
 
 SUPPORTED_ACTION_SPACES = "Discrete, Box (float dtype)"
-SUPPORTED_OBSERVATION_SPACES = "Box (float, integer or bool dtype; Dict observations: not yet)"
+SUPPORTED_OBSERVATION_SPACES = (
+    "Box (float, integer or bool dtype), Discrete (one-hot encoded), Dict of exactly "
+    "'observation' and 'action_mask' (other Dict observations: not yet)"
+)
 
 SHIMMY_HINT = (
     "fleetrl needs the gymnasium API: reset(seed=..., options=...) -> (obs, info) and "
@@ -41,8 +45,10 @@ class PoolSpec:
     """Static description of an `EnvPool`: the fields of ``fleetrl.types.EnvSpec`` plus dtypes.
 
     Observations come out as float32, except Box observations of dtype uint8 (images), which stay
-    uint8. Discrete actions are indices ``0..num_actions-1`` (the pool adds the space's
-    ``start``); continuous actions are float arrays of ``action_shape``.
+    uint8; Discrete observations as one-hot float32 vectors of shape ``(n,)``
+    (`fleetrl.envs.adapt`). Discrete actions are indices ``0..num_actions-1`` (the pool adds the
+    space's ``start``); continuous actions are float arrays of ``action_shape``.
+    ``observation_space`` is the space after that adaptation.
     """
 
     env_id: str
@@ -57,6 +63,8 @@ class PoolSpec:
     action_high: tuple[float, ...] = ()
     max_episode_steps: int = 0
     """Time limit of one episode (truncation), 0 if unknown."""
+    action_mask: bool = False
+    """The envs give action masks (`fleetrl.envs.adapt`): ``HostTimeStep.action_mask``."""
     observation_space: Any = field(default=None, compare=False, repr=False)
     action_space: Any = field(default=None, compare=False, repr=False)
 
@@ -79,6 +87,8 @@ class PoolSpec:
             action_low=self.action_low,
             action_high=self.action_high,
             max_episode_steps=self.max_episode_steps,
+            observation_dtype=np.dtype(self.observation_dtype).name,
+            action_mask=self.action_mask,
         )
 
 
@@ -178,7 +188,21 @@ def check_same_spaces(env_spaces: list[tuple[Any, Any]]) -> None:
                 )
 
 
-def make_spec(env_id: str, num_envs: int, obs_space, act_space, max_steps: int) -> PoolSpec:
+def check_same_masks(masked: list[bool]) -> None:
+    """All sub-envs give action masks, or none does (`MismatchedSpacesError`)."""
+    for index, has in enumerate(masked):
+        if has != masked[0]:
+            which = "gives action masks" if has else "gives no action mask"
+            raise MismatchedSpacesError(
+                f"env {index} {which}, env 0 {'does not' if has else 'does'}: all envs of a "
+                "pool must agree (make_env must build the same env for every index)",
+                index,
+            )
+
+
+def make_spec(
+    env_id: str, num_envs: int, obs_space, act_space, max_steps: int, action_mask: bool = False
+) -> PoolSpec:
     """The `PoolSpec` of checked spaces."""
     obs_dtype = np.dtype(np.uint8) if obs_space.dtype == np.uint8 else np.dtype(np.float32)
     common = dict(
@@ -189,6 +213,7 @@ def make_spec(env_id: str, num_envs: int, obs_space, act_space, max_steps: int) 
         max_episode_steps=int(max_steps or 0),
         observation_space=obs_space,
         action_space=act_space,
+        action_mask=action_mask,
     )
     if isinstance(act_space, spaces.Discrete):
         return PoolSpec(action_kind="discrete", num_actions=int(act_space.n), **common)
@@ -253,11 +278,13 @@ class ProbeError(Exception):
         )
 
 
-def probe_env(env: Any, index: int) -> None:
+def probe_env(env: Any, index: int) -> dict | None:
     """One ``reset()`` and one ``step(action_space.sample())`` of a freshly built env, checked
     like the pool's first ones: an old-gym env (obs-only reset, 4-tuple step) is rejected while
     the pool starts, not at its first step, after a trainer compiled its program and made its
-    run directory. Any other failure is a `ProbeError` saying which call failed.
+    run directory. Any other failure is a `ProbeError` saying which call failed. Returns the
+    reset's ``info`` (where the pool finds an action mask: the step's action is then a legal
+    one, `fleetrl.envs.adapt`), or None for an env that opts out.
 
     The reset is unseeded and the env is left as the step left it: the pool's first reset with
     ``seed=s`` re-seeds it fully (gymnasium's contract for a seeded reset; the pool's parity
@@ -271,23 +298,27 @@ def probe_env(env: Any, index: int) -> None:
     step are then checked at the pool's first ones, as before): envs whose reset or step act on
     the world (a robot, a server, a file), wrappers that count episodes or record videos (the
     probe is a one-step episode), envs whose seeded reset keeps state from before, envs for
-    which a random action can be invalid (action masks), and fault injectors that count calls
-    (`fleetrl.envs.fake.FaultyEnv`). Envs whose step before reset is an error are fine: the
-    probe resets first.
+    which a random action can be invalid beyond what their action mask says (an env with an
+    action mask then declares it: `fleetrl.envs.adapt.DECLARE_KEY`), and fault injectors that
+    count calls (`fleetrl.envs.fake.FaultyEnv`). Envs whose step before reset is an error are
+    fine: the probe resets first.
     """
     metadata = getattr(env, "metadata", None)
     if isinstance(metadata, dict) and metadata.get(PROBE_KEY, True) is False:
-        return
+        return None
     obs_space = env.observation_space
     call = "reset"
     try:
-        check_reset_result(env.reset(), obs_space, index)
+        result = env.reset()
+        check_reset_result(result, obs_space, index)
+        action = legal_sample(env.action_space, result[1])
         call = "step"
-        check_step_result(env.step(env.action_space.sample()), obs_space, index)
+        check_step_result(env.step(action), obs_space, index)
     except OldGymApiError:
         raise
     except Exception as error:
         raise ProbeError(call, index, error) from error
+    return result[1]
 
 
 def check_observation_shape(obs: Any, obs_space, where: str) -> None:
@@ -374,6 +405,13 @@ def find_nonfinite(arrays: dict, float_block: np.ndarray, obs_is_float: bool) ->
         flat = values.reshape(len(values), -1)
         found += [(int(i), what) for i in np.flatnonzero(~np.isfinite(flat).all(axis=1))]
     return found
+
+
+def find_no_legal_action(mask: np.ndarray) -> list[int]:
+    """Indices of the envs whose ``mask [N, A]`` allows no action (one vectorized check per
+    batched step, ~2 us for 16 envs: cheaper than one per env in the workers)."""
+    legal = mask.any(axis=1)
+    return [] if legal.all() else [int(i) for i in np.flatnonzero(~legal)]
 
 
 BOUNDS_EVERY = 1000

@@ -111,6 +111,23 @@ def make_gymnax(env_id: str) -> tuple[Any, Any]:
     return gymnax.make(env_id)
 
 
+def _with_params(env_id: str, params: Any, overrides: dict[str, Any]) -> Any:
+    """``params`` (a gymnax ``EnvParams``) with ``overrides``; ConfigError naming env.kwargs
+    for a name it does not have."""
+    if not overrides:
+        return params
+    import dataclasses
+
+    names = [f.name for f in dataclasses.fields(params)]
+    unknown = sorted(set(overrides) - set(names))
+    if unknown:
+        raise ConfigError(
+            f"env.kwargs: {env_id} has no parameter {', '.join(map(repr, unknown))}; its "
+            f"parameters (gymnax EnvParams): {', '.join(names)}"
+        )
+    return params.replace(**overrides)
+
+
 class DeviceEnvState(NamedTuple):
     """Carry of a batched device env; every field is ``[N, ...]``."""
 
@@ -125,12 +142,15 @@ class GymnaxEnv:
 
     ``step`` keeps termination and truncation apart (gymnax >= 1.0 reports both) and returns the
     pre-reset observation as ``final_obs``. Continuous actions are clipped to the action bounds.
+    ``params``: overrides of the env's parameters (``env.kwargs``), e.g. MemoryChain-bsuite's
+    ``{"memory_length": 20}``. Observations are float32.
     """
 
-    def __init__(self, env_id: str, num_envs: int):
+    def __init__(self, env_id: str, num_envs: int, params: dict[str, Any] | None = None):
         if num_envs < 1:
             raise ValueError(f"env.num_envs: must be >= 1, got {num_envs}")
         self._env, self._params = make_gymnax(env_id)
+        self._params = _with_params(env_id, self._params, params or {})
         action_space = self._env.action_space(self._params)
         obs_shape = tuple(self._env.observation_space(self._params).shape)
         common = dict(
@@ -138,6 +158,7 @@ class GymnaxEnv:
             num_envs=num_envs,
             observation_shape=obs_shape,
             max_episode_steps=int(getattr(self._params, "max_steps_in_episode", 0)),
+            observation_dtype="float32",
         )
         if hasattr(action_space, "n"):
             self.spec = EnvSpec(action_kind="discrete", num_actions=int(action_space.n), **common)

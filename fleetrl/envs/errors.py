@@ -87,7 +87,8 @@ class EnvResetError(EnvPoolError):
 
 
 class EnvStepError(EnvPoolError):
-    """An env raised in ``step``, or returned a non-finite observation or reward."""
+    """An env raised in ``step``, or returned a non-finite observation or reward, or an action
+    mask with no legal action."""
 
     def __init__(self, message: str, env_index: int | None = None, step: int = 0, action=None):
         super().__init__(message)
@@ -220,7 +221,8 @@ def summarize(error: BaseException) -> str:
 
 class Fault(NamedTuple):
     """What went wrong in one worker. ``kind``: "env" (an env raised; ``payload`` is an
-    `EnvFailure`), "nonfinite" (``payload`` is ``(env_index, what)``), "died", "timeout"
+    `EnvFailure`), "nonfinite" (``payload`` is ``(env_index, what)``), "no_legal_action"
+    (``payload`` is ``(env_index,)``), "died", "timeout"
     (``payload``, for a constructor interrupted in-process: ``(env_index,)``) or "interrupted"
     (``should_stop`` said so while the pool waited for this worker)."""
 
@@ -259,6 +261,16 @@ def error_of(fault: Fault, phase: str, context: FaultContext, step: int, actions
             f"env {index} returned a non-finite {what} at pool {phase} (last action "
             f"{action!r}); the env's state is probably corrupt (check_finite=False "
             "(--env.check-finite False) lets it through)",
+            index,
+            step,
+            action,
+        )
+    if fault.kind == "no_legal_action":
+        (index,) = fault.payload
+        action = None if actions is None else actions[index].tolist()
+        return EnvStepError(
+            f"env {index} returned an action mask with no legal action at pool {phase} (last "
+            f"action {action!r}): every observation must leave at least one action legal",
             index,
             step,
             action,
@@ -323,7 +335,14 @@ def first_error(faults: list[Fault], phase: str, context: FaultContext, step: in
     then timeouts; interruptions and timeouts each merged into one), or None."""
     if not faults:
         return None
-    order = {"interrupted": 0, "env": 1, "nonfinite": 2, "died": 3, "timeout": 4}
+    order = {
+        "interrupted": 0,
+        "env": 1,
+        "nonfinite": 2,
+        "no_legal_action": 2,
+        "died": 3,
+        "timeout": 4,
+    }
     first = min(faults, key=lambda f: (order[f.kind], f.slot))
     if first.kind == "timeout":
         return _timeout([f for f in faults if f.kind == "timeout"], phase, context)

@@ -5,7 +5,8 @@ Modelled on RLlib's ``CartPoleCrashing``: crashes (probabilistic or at step n) i
 indices, with a fault counter kept in a file so that it survives worker restarts ("crash once,
 then work"). ``burn_us`` spends that much CPU time per step, to stand in for a costly simulator.
 
-Also `OldGymEnv`, an env in the pre-gymnasium API, to test that pools reject it.
+Also `OldGymEnv`, an env in the pre-gymnasium API, to test that pools reject it, and
+`MaskedEnv`, an env with action masks that raises on a masked action.
 """
 
 from __future__ import annotations
@@ -247,3 +248,79 @@ class OldGymEnv:
 
     def close(self):
         pass
+
+
+class MaskedActionError(RuntimeError):
+    """What `MaskedEnv` raises when stepped with an action its mask forbids."""
+
+
+class MaskedEnv(gymnasium.Env):
+    """Discrete(``num_actions``) actions, a random legal-action mask each step (at least one
+    action legal) in ``info["action_mask"]`` (int8, as gymnasium's Taxi), or with ``dict_obs``
+    in a Dict observation ``{"observation", "action_mask"}`` (PettingZoo's convention).
+
+    A masked action raises `MaskedActionError` (so a run that finishes took none); a legal one
+    pays 1. The observation is the mask as float32; episodes are truncated after
+    ``episode_length`` steps. ``empty_mask_at_step``: the mask after the env's step of that
+    number (counted from construction, from 1, the pool's startup probe included) allows
+    nothing. ``startup_probe=False`` opts out of the pool's probe
+    and declares the mask in ``metadata`` instead (`fleetrl.envs.adapt.DECLARE_KEY`).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        env_index: int = 0,
+        *,
+        num_actions: int = 4,
+        episode_length: int = 10,
+        dict_obs: bool = False,
+        empty_mask_at_step: int | None = None,
+        startup_probe: bool = True,
+    ):
+        self.env_index = env_index
+        self.episode_length = episode_length
+        self.dict_obs = dict_obs
+        self.empty_mask_at_step = empty_mask_at_step
+        self.action_space = spaces.Discrete(num_actions)
+        observation = spaces.Box(0.0, 1.0, (num_actions,), np.float32)
+        if dict_obs:
+            mask_space = spaces.Box(0, 1, (num_actions,), np.int8)
+            observation = spaces.Dict({"observation": observation, "action_mask": mask_space})
+        self.observation_space = observation
+        if not startup_probe:
+            self.metadata = {**self.metadata, "fleetrl_startup_probe": False}
+            self.metadata["fleetrl_action_mask"] = True
+        self.mask = np.ones(num_actions, np.int8)
+        self.num_steps = self.episode_steps = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        self.episode_steps = 0
+        return self._output()
+
+    def step(self, action: Any):
+        if not self.mask[action]:
+            raise MaskedActionError(
+                f"env {self.env_index}: action {action} is masked (mask {self.mask.tolist()}) "
+                f"at step {self.episode_steps + 1} of its episode"
+            )
+        self.num_steps += 1
+        self.episode_steps += 1
+        obs, info = self._output()
+        truncated = self.episode_steps >= self.episode_length
+        return obs, 1.0, False, truncated, info
+
+    def _output(self) -> tuple[Any, dict]:
+        """The next observation and info, with a fresh mask."""
+        n = self.action_space.n
+        mask = self.np_random.integers(0, 2, n).astype(np.int8)
+        mask[self.np_random.integers(n)] = 1
+        if self.num_steps == self.empty_mask_at_step:
+            mask[:] = 0
+        self.mask = mask
+        obs = mask.astype(np.float32)
+        if self.dict_obs:
+            return {"observation": obs, "action_mask": mask.copy()}, {}
+        return obs, {"action_mask": mask.copy()}

@@ -75,8 +75,8 @@ class InProcessWorker:
         self.slot = slot
         self.indices = indices
         with interrupt_after(timeout, lambda: StartTimeout(timeout)):
-            self.envs = build_envs(make_env, indices, call_style)
-        self.info = describe_envs(self.envs)
+            self.envs, masked = build_envs(make_env, indices, call_style)
+        self.info = describe_envs(self.envs, masked)
         self.group: EnvGroup | None = None
         self.pending: Fault | None = None
         self.responsive = True

@@ -26,44 +26,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fleetrl.config import ConfigError
 from fleetrl.envs.callback import host_call
 from fleetrl.envs.checks import PoolSpec
 from fleetrl.envs.errors import EnvConstructionError
+from fleetrl.envs.factory import GymnasiumFactory
 from fleetrl.envs.pool import EnvPool, HostTimeStep
-from fleetrl.envs.worker import EnvFactory, register_atari
 from fleetrl.types import Array, EnvSpec, TimeStep
 
-
-@dataclasses.dataclass(frozen=True)
-class GymnasiumFactory:
-    """Picklable ``make_env(index)``: `EnvFactory` plus fleetrl's standard preprocessing."""
-
-    env_id: str
-    env_kwargs: tuple[tuple[str, Any], ...] = ()
-    preprocess: str = "none"
-
-    def __call__(self, index: int) -> Any:
-        kwargs = dict(self.env_kwargs)
-        if self.preprocess == "atari":
-            return _atari(self.env_id, kwargs)
-        return EnvFactory(self.env_id, tuple(kwargs.items()))(index)
-
-
-def _atari(env_id: str, kwargs: dict[str, Any]) -> Any:
-    """Standard Atari preprocessing (Machado et al. 2018 / CleanRL): no-op starts, frame skip 4
-    with max-pooling, 84x84 grayscale, 4 stacked frames; ``ale-py`` ships the ROMs."""
-    import gymnasium
-
-    if not register_atari(env_id):
-        raise ImportError(
-            f"env.id: {env_id} needs the Atari emulator: pip install 'fleetrl[atari]' (ale-py)"
-        )
-    kwargs.setdefault("frameskip", 1)  # AtariPreprocessing skips frames itself
-    env = gymnasium.make(env_id, **kwargs)
-    env = gymnasium.wrappers.AtariPreprocessing(
-        env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True, scale_obs=False
-    )
-    return gymnasium.wrappers.FrameStackObservation(env, 4)
+__all__ = ["GymnasiumFactory", "HostEnv"]  # the factory lives in a JAX-free module for workers
 
 
 def _in_background(make: Callable[[], Any]) -> Future:
@@ -80,9 +51,20 @@ def _in_background(make: Callable[[], Any]) -> Future:
     return future
 
 
+def _start(make_pool: Callable[[], EnvPool]) -> EnvPool:
+    """``make_pool()``; a config error an env's construction raised (``env.observe`` that does
+    not fit the observation, `fleetrl.envs.factory.ObserveWrapper`) as that ConfigError."""
+    try:
+        return make_pool()
+    except EnvConstructionError as error:
+        if isinstance(error.__cause__, ConfigError):
+            raise error.__cause__ from None
+        raise
+
+
 def _unpack(packed) -> TimeStep:
-    """The callback's two arrays as a TimeStep (episode lengths are exact in float32 < 2^24)."""
-    obs_pair, scalars = packed
+    """The callback's arrays as a TimeStep (episode lengths are exact in float32 < 2^24)."""
+    obs_pair, scalars = packed[:2]
     return TimeStep(
         obs=obs_pair[0],
         reward=scalars[0],
@@ -91,14 +73,16 @@ def _unpack(packed) -> TimeStep:
         final_obs=obs_pair[1],
         episode_return=scalars[3],
         episode_length=scalars[4].astype(jnp.int32),
+        action_mask=packed[2] if len(packed) > 2 else None,
     )
 
 
 class HostEnv:
     """``num_envs`` gymnasium envs in an `EnvPool`, as a batched, auto-resetting ``Env``.
 
-    ``state`` is an int32 step counter; observations are float32 (uint8 for images). Not
-    ``vmap``-able: a host env serves one seed.
+    ``state`` is an int32 step counter; observations are float32 (uint8 for images; Discrete
+    ones one-hot). Envs with action masks (`fleetrl.envs.adapt`) fill ``TimeStep.action_mask``
+    (``[N, A]`` bool) and ``spec.action_mask``. Not ``vmap``-able: a host env serves one seed.
     """
 
     def __init__(self, pool: EnvPool | Future, make_pool=None, pool_spec: PoolSpec | None = None):
@@ -113,10 +97,13 @@ class HostEnv:
         n, obs = self.spec.num_envs, self.spec.observation_shape
         # The callback returns two arrays, not seven: jax converts each returned array with a
         # device_put, which cost as much as stepping 8 CartPoles in a profile of the host loop.
+        # Envs with action masks add a third; the others pay nothing for it.
         self._result_shape = (
             jax.ShapeDtypeStruct((2, n, *obs), self.observation_dtype),  # obs, final_obs
             jax.ShapeDtypeStruct((5, n), np.float32),  # reward, flags, episode totals
         )
+        if self.spec.action_mask:
+            self._result_shape += (jax.ShapeDtypeStruct((n, self.spec.num_actions), np.bool_),)
 
     @classmethod
     def from_config(
@@ -133,7 +120,8 @@ class HostEnv:
         """
         from fleetrl.interrupts import STOP_REQUESTED
 
-        factory = GymnasiumFactory(config.id, tuple(config.env_kwargs().items()), config.preprocess)
+        kwargs = tuple(config.env_kwargs().items())
+        factory = GymnasiumFactory(config.id, kwargs, config.preprocess, config.observe)
         workers = config.num_workers if num_workers is None else num_workers
         make_pool = functools.partial(
             EnvPool,
@@ -152,7 +140,7 @@ class HostEnv:
             should_stop=STOP_REQUESTED.is_set,
         )
         if beside is None:
-            return cls(make_pool(), make_pool)
+            return cls(_start(make_pool), make_pool)
         spec = dataclasses.replace(beside.pool_spec, num_envs=num_envs)
         return cls(_in_background(make_pool), make_pool, spec)
 
@@ -161,12 +149,17 @@ class HostEnv:
         """The pool; waits for one still starting (`from_config`), raising its start's error."""
         if isinstance(self._pool, Future):
             pool = self._pool.result()
-            if pool.spec.observation_shape != self.pool_spec.observation_shape:
+            found, expected = pool.spec, self.pool_spec
+            if (found.observation_shape, found.action_mask) != (
+                expected.observation_shape,
+                expected.action_mask,
+            ):
                 pool.close()
                 raise EnvConstructionError(
-                    f"{pool.spec.env_id}: the evaluation envs' observations have shape "
-                    f"{pool.spec.observation_shape}, the training envs' "
-                    f"{self.pool_spec.observation_shape}"
+                    f"{found.env_id}: the evaluation envs' observations have shape "
+                    f"{found.observation_shape} (action mask: {found.action_mask}), the "
+                    f"training envs' {expected.observation_shape} (action mask: "
+                    f"{expected.action_mask})"
                 )
             self._pool = pool
         return self._pool
@@ -217,15 +210,22 @@ class HostEnv:
         self.num_host_steps += 1
         return self._cast(ts)
 
-    def _cast(self, ts: HostTimeStep) -> tuple[np.ndarray, np.ndarray]:
-        obs_pair, scalars = self._zeros()
+    def _cast(self, ts: HostTimeStep) -> tuple[np.ndarray, ...]:
+        obs_pair, scalars = (np.empty(s.shape, s.dtype) for s in self._result_shape[:2])
         obs_pair[0], obs_pair[1] = ts.obs, ts.final_obs
         scalars[0], scalars[1], scalars[2] = ts.reward, ts.terminated, ts.truncated
         scalars[3], scalars[4] = ts.episode_return, ts.episode_length
-        return obs_pair, scalars
+        if ts.action_mask is None:
+            return obs_pair, scalars
+        return obs_pair, scalars, ts.action_mask
 
-    def _zeros(self) -> tuple[np.ndarray, np.ndarray]:
-        return tuple(np.zeros(s.shape, s.dtype) for s in self._result_shape)
+    def _zeros(self) -> tuple[np.ndarray, ...]:
+        """What a failed call returns until it ends: zeros, and every action legal (an
+        all-False mask would give a masked policy nothing to choose from)."""
+        zeros = tuple(np.zeros(s.shape, s.dtype) for s in self._result_shape[:2])
+        if not self.spec.action_mask:
+            return zeros
+        return (*zeros, np.ones(self._result_shape[2].shape, np.bool_))
 
     # ---- for the driver --------------------------------------------------------------------
 

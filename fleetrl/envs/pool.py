@@ -61,6 +61,8 @@ class HostTimeStep(NamedTuple):
     ``episode_return`` (float32) and ``episode_length`` (int32) are raw totals of the episode so
     far including this step; on the step an episode ends they hold the finished episode's
     totals. Box observations come out as float32, except uint8 ones (images), which stay uint8.
+    ``action_mask``: ``[N, A]`` bool, True where an action is legal in ``obs``, for envs with
+    action masks (`PoolSpec.action_mask`, `fleetrl.envs.adapt`); None otherwise.
     """
 
     obs: np.ndarray
@@ -70,6 +72,7 @@ class HostTimeStep(NamedTuple):
     final_obs: np.ndarray
     episode_return: np.ndarray
     episode_length: np.ndarray
+    action_mask: np.ndarray | None = None
 
     @property
     def episode_done(self) -> np.ndarray:
@@ -97,7 +100,10 @@ class EnvPool:
     ``make_env(env_index=i)`` or ``make_env()``; it must pickle when ``num_workers > 0`` (a
     module-level function or class, a ``functools.partial`` of one, or use `from_id`).
 
-    The envs' ``info`` dicts are dropped: only arrays cross the process boundary.
+    The envs' ``info`` dicts are dropped: only arrays cross the process boundary. Action masks
+    (``info["action_mask"]`` or a Dict observation's entry, found by the startup probe) cross as
+    ``HostTimeStep.action_mask``; a mask with no legal action is an `EnvStepError` (or a
+    restart). Discrete observations come out one-hot (`fleetrl.envs.adapt`).
 
     Startup checks each env where it is built: its API, its spaces, and one probe reset and step
     (`fleetrl.envs.checks.probe_env`, which says which envs should opt out). An env the pool
@@ -199,20 +205,24 @@ class EnvPool:
             should_stop=should_stop,
         )
         self._set_up_workers(make_env, options)
-        self._arrays: dict | None = None
-        self._broken: BaseException | None = None
-        self._closed = self._waiting = self._has_reset = False
-        self._deadline = 0.0
-        self._prev: tuple | None = None
-        self._restart_seed = seed
-        self._bounds: tuple | None = None  # (low, high) to check observations against
-        self._next_bounds_check = 0  # the pool step at which to check them
-        self._warned: set[str] = set()  # kinds of EnvPoolWarning shown
+        self._reset_bookkeeping()
         try:
             self._start(env_id)
         except BaseException:
             self.close()
             raise
+
+    def _reset_bookkeeping(self) -> None:
+        """The pool's state before it starts: no arrays, not broken, closed or waiting."""
+        self._arrays: dict | None = None
+        self._broken: BaseException | None = None
+        self._closed = self._waiting = self._has_reset = False
+        self._deadline = 0.0
+        self._prev: tuple | None = None
+        self._restart_seed = self.seed
+        self._bounds: tuple | None = None  # (low, high) to check observations against
+        self._next_bounds_check = 0  # the pool step at which to check them
+        self._warned: set[str] = set()  # kinds of EnvPoolWarning shown
 
     def _set_up_workers(self, make_env: Any, options: dict) -> None:
         """The `WorkerSet` (nothing started yet), what error messages need of it, and its
@@ -322,10 +332,12 @@ class EnvPool:
         self._raise_first(workers.launch(range(len(workers.groups))), "startup")
         env_spaces = [s for w in workers.workers for s in w.info["spaces"]]
         checks.check_same_spaces(env_spaces)  # each env's own were checked where it was built
+        masked = [m for w in workers.workers for m in w.info["action_masks"]]
+        checks.check_same_masks(masked)
         info = workers.workers[0].info
         label = env_id or info["env_id"] or self._label
         spec = self.spec = checks.make_spec(
-            label, self.num_envs, *env_spaces[0], info["max_episode_steps"]
+            label, self.num_envs, *env_spaces[0], info["max_episode_steps"], masked[0]
         )
         layout = Layout.of(
             self.num_envs,
@@ -334,6 +346,7 @@ class EnvPool:
             spec.observation_dtype,
             spec.action_shape,
             spec.action_dtype,
+            spec.num_actions if spec.action_mask else 0,
         )
         workers.allocate(layout, int(getattr(spec.action_space, "start", 0)))
         self._arrays = workers.arrays
@@ -360,12 +373,15 @@ class EnvPool:
             recent.append(self.num_steps)
             try:
                 self._raise_first(self._workers.replace(slot), "startup")
-                spaces = self._workers.workers[slot].info["spaces"]
-                for index, env_spaces in zip(indices, spaces, strict=True):
-                    if env_spaces != expected:
+                info = self._workers.workers[slot].info
+                for index, env_spaces, masked in zip(
+                    indices, info["spaces"], info["action_masks"], strict=True
+                ):
+                    if env_spaces != expected or masked != self.spec.action_mask:
                         raise EnvConstructionError(
-                            f"env {index} came back from a restart with spaces {env_spaces}, "
-                            f"the pool has {expected}",
+                            f"env {index} came back from a restart with spaces {env_spaces} "
+                            f"(action mask: {masked}), the pool has {expected} (action mask: "
+                            f"{self.spec.action_mask})",
                             index,
                         )
                 seed = self._restart_seed
@@ -390,6 +406,11 @@ class EnvPool:
         if self.check_finite:
             for slot, fault in self._nonfinite().items():
                 faults.setdefault(slot, fault)
+        if self.spec.action_mask and (not faults or self.on_error == "restart"):
+            # (raise mode stops at the first fault: rows of workers still busy are no answer)
+            for index in checks.find_no_legal_action(self._arrays["action_mask"]):
+                slot = self._workers.slot_of(index)
+                faults.setdefault(slot, Fault("no_legal_action", slot, (index,)))
         return faults
 
     def _finish(self, faults: dict[int, Fault], phase: str, stepped: bool) -> HostTimeStep:
@@ -413,6 +434,7 @@ class EnvPool:
             a["final_obs"].copy(),
             a["episode_return"].copy(),
             a["episode_length"].copy(),
+            a["action_mask"].copy() if self.spec.action_mask else None,
         )
         if self.on_error == "restart":
             self._mark_restarted(timestep, stepped)

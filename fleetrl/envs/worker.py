@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetrl.envs import checks
+from fleetrl.envs import adapt, checks
 from fleetrl.envs.errors import EnvFailure, summarize
 
 STEP, RESET, CLOSE = 1, 2, 3
@@ -124,11 +124,13 @@ class StartTimeout(BaseException):
     Exception`` (a retry loop) does not swallow it."""
 
 
-def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
-    """Construct and check the envs ``indices`` (see `call_style`): their API, their spaces,
-    and one probe reset and step (`checks.probe_env`); failures raise `EnvFault`, after closing
-    the envs built so far (also on Ctrl+C or a `StartTimeout`)."""
-    envs = []
+def build_envs(make_env: Any, indices: range, style: str) -> tuple[list[Any], list[bool]]:
+    """Construct and check the envs ``indices`` (see `call_style`): their API, their spaces
+    (adapted first: `adapt.adapt`), and one probe reset and step (`checks.probe_env`), which
+    also tells whether each env gives action masks. Returns the envs and those flags; failures
+    raise `EnvFault`, after closing the envs built so far (also on Ctrl+C or a
+    `StartTimeout`)."""
+    envs, masked = [], []
     for index in indices:
         env = None
         try:
@@ -139,8 +141,9 @@ def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
             else:
                 env = make_env()
             checks.check_env_api(env, index)
+            env = adapt.adapt(env, index)
             checks.check_spaces(env.observation_space, env.action_space, index)
-            checks.probe_env(env, index)
+            masked.append(adapt.has_mask(env, checks.probe_env(env, index), index))
         except BaseException as error:
             for built in envs if env is None else [*envs, env]:
                 _close_quietly(built)
@@ -151,15 +154,16 @@ def build_envs(make_env: Any, indices: range, style: str) -> list[Any]:
                 raise EnvFault("construct", index, error) from error
             raise
         envs.append(env)
-    return envs
+    return envs, masked
 
 
-def describe_envs(envs: list[Any]) -> dict:
+def describe_envs(envs: list[Any], masked: list[bool]) -> dict:
     """What the parent needs to check spaces and build the spec."""
     first = envs[0]
     spec = getattr(first, "spec", None)
     return {
         "spaces": [(env.observation_space, env.action_space) for env in envs],
+        "action_masks": masked,
         "max_episode_steps": getattr(spec, "max_episode_steps", None) or 0,
         "env_id": getattr(spec, "id", None),
     }
@@ -183,9 +187,13 @@ class Layout:
     size: int
 
     @classmethod
-    def of(cls, num_envs, num_slots, obs_shape, obs_dtype, action_shape, action_dtype) -> Layout:
+    def of(
+        cls, num_envs, num_slots, obs_shape, obs_dtype, action_shape, action_dtype, mask_actions=0
+    ) -> Layout:
         """Float32 outputs first and contiguous (padding is zeros), so that one sum checks them
-        all for NaN/Inf; per-worker command and status words on their own cache lines."""
+        all for NaN/Inf; per-worker command and status words on their own cache lines.
+        ``mask_actions``: the number of discrete actions of envs with action masks (an
+        ``action_mask`` field of that many bools per env), 0 for none."""
         shapes = {
             "obs": ((num_envs, *obs_shape), obs_dtype),
             "final_obs": ((num_envs, *obs_shape), obs_dtype),
@@ -198,6 +206,8 @@ class Layout:
             "command": ((num_slots, _ALIGN // 4), np.int32),
             "status": ((num_slots, _ALIGN // 4), np.int32),
         }
+        if mask_actions:
+            shapes["action_mask"] = ((num_envs, mask_actions), np.bool_)
         fields, offset = {}, 0
         for name, (shape, dtype) in shapes.items():
             dtype = np.dtype(dtype)
@@ -249,7 +259,8 @@ class EnvFault(Exception):
 class EnvGroup:
     """The envs ``start..start+len(envs)-1`` of a pool, reading actions from and writing results
     into the rows of ``arrays`` that belong to them. Warnings for the parent (`checks.dtype_note`)
-    collect in ``notes`` as ``(kind, env_index, text)``."""
+    collect in ``notes`` as ``(kind, env_index, text)``. With an ``action_mask`` array, each
+    env's mask (`adapt.read_mask`) of the observation written goes there too."""
 
     def __init__(self, envs: list[Any], start: int, arrays: dict, slot: int, action_offset: int):
         rows = slice(start, start + len(envs))
@@ -262,6 +273,7 @@ class EnvGroup:
         self.obs_space = envs[0].observation_space
         self.obs_shape = tuple(self.obs_space.shape)
         self.view = {k: v[rows] for k, v in arrays.items() if k not in ("command", "status")}
+        self.num_actions = arrays["action_mask"].shape[1] if "action_mask" in arrays else 0
         self.returns = [0.0] * len(envs)
         self.lengths = [0] * len(envs)
         self.reset_checked = [False] * len(envs)
@@ -279,12 +291,16 @@ class EnvGroup:
                 if not self.reset_checked[j]:  # its shape too
                     checks.check_reset_result(result, self.obs_space, self.start + j)
                     self._note_dtype(j, result[0], "reset")
+                    if not self.num_actions:
+                        adapt.check_undeclared(result[1], self.start + j)
                     self.reset_checked[j] = True
                 else:
                     checks.check_observation_shape(result[0], self.obs_space, "reset")
                 if seed is not None:
                     env.action_space.seed(seed)
                 view["obs"][j] = result[0]
+                if self.num_actions:
+                    view["action_mask"][j] = adapt.read_mask(result[1], self.num_actions)
             except Exception as error:
                 raise EnvFault("reset", self.start + j, error) from error
         view["final_obs"][...] = view["obs"]
@@ -300,18 +316,13 @@ class EnvGroup:
         included (~0.15 us less per env than a row write each, as gymnasium's SyncVectorEnv
         does), one block copy for ``obs``. Each observation's shape is compared exactly first
         (~0.12 us): numpy would broadcast a () or (1,) observation into its row without a word.
+        Masks are read only where the pool has them (`adapt.read_mask`).
         """
-        view = self.view
-        if self.discrete:
-            actions = view["actions"].tolist()
-            if self.action_offset:
-                actions = [a + self.action_offset for a in actions]
-        else:
-            actions = list(view["actions"].astype(self.action_dtype))
-        final_obs, returns, lengths = view["final_obs"], self.returns, self.lengths
+        actions = self._actions()
+        returns, lengths, num_actions = self.returns, self.lengths, self.num_actions
         shape, step_checked = self.obs_shape, self.step_checked
         rewards, terminateds, truncateds, episode_returns, episode_lengths = [], [], [], [], []
-        reached, reset_obs = [], []
+        reached, reset_obs, masks = [], [], [] if num_actions else None
         for j, env in enumerate(self.envs):
             try:
                 result = env.step(actions[j])
@@ -319,10 +330,12 @@ class EnvGroup:
                     checks.check_step_result(result, self.obs_space, self.start + j)
                     self._note_dtype(j, result[0], "step")
                     step_checked[j] = True
-                obs, reward, terminated, truncated, _ = result
+                obs, reward, terminated, truncated, info = result
                 if getattr(obs, "shape", None) != shape:  # exact: else numpy broadcasts
                     checks.check_observation_shape(obs, self.obs_space, "step")
                 returns[j] += reward
+                if num_actions and not (terminated or truncated):
+                    masks.append(adapt.read_mask(info, num_actions))
             except Exception as error:
                 raise EnvFault("step", self.start + j, error) from error
             lengths[j] += 1
@@ -335,25 +348,46 @@ class EnvGroup:
             episode_lengths.append(lengths[j])
             if terminated or truncated:
                 obs = np.array(obs)  # a copy: an env may reuse its array in reset()
-                reset_obs.append((j, self._auto_reset(j, env)))
+                reset_obs.append((j, self._auto_reset(j, env, masks)))
                 returns[j] = 0.0
                 lengths[j] = 0
             reached.append(obs)
-        final_obs[...] = reached
-        view["obs"][...] = final_obs
+        outputs = (rewards, terminateds, truncateds, episode_returns, episode_lengths)
+        self._write(reached, reset_obs, outputs, masks)
+
+    def _actions(self) -> list:
+        """This group's actions, as the envs take them (the Discrete space's ``start`` added)."""
+        view = self.view
+        if not self.discrete:
+            return list(view["actions"].astype(self.action_dtype))
+        actions = view["actions"].tolist()
+        if self.action_offset:
+            actions = [a + self.action_offset for a in actions]
+        return actions
+
+    def _write(self, reached: list, reset_obs: list, outputs: tuple, masks: list | None) -> None:
+        view = self.view
+        view["final_obs"][...] = reached
+        view["obs"][...] = view["final_obs"]
         for j, obs in reset_obs:
             view["obs"][j] = obs
+        rewards, terminateds, truncateds, episode_returns, episode_lengths = outputs
         view["reward"][...] = rewards
         view["terminated"][...] = terminateds
         view["truncated"][...] = truncateds
         view["episode_return"][...] = episode_returns
         view["episode_length"][...] = episode_lengths
+        if masks is not None:
+            view["action_mask"][...] = masks
 
-    def _auto_reset(self, j: int, env: Any) -> Any:
+    def _auto_reset(self, j: int, env: Any, masks: list | None) -> Any:
+        """The first observation of env ``j``'s next episode; its mask appended to ``masks``."""
         try:
-            obs = env.reset()[0]
+            obs, info = env.reset()
             if getattr(obs, "shape", None) != self.obs_shape:
                 checks.check_observation_shape(obs, self.obs_space, "reset")
+            if masks is not None:
+                masks.append(adapt.read_mask(info, self.num_actions))
         except Exception as error:
             raise EnvFault("reset", self.start + j, error) from error
         return obs
@@ -414,11 +448,11 @@ def worker_main(conn, command_sem, done_sem, config: WorkerConfig) -> None:
         except (AttributeError, OSError):
             pass
     try:
-        envs = build_envs(config.make_env, config.indices, config.call_style)
+        envs, masked = build_envs(config.make_env, config.indices, config.call_style)
     except EnvFault as fault:
         conn.send(("failed", _payload(fault)))
         return
-    conn.send(("spaces", describe_envs(envs)))
+    conn.send(("spaces", describe_envs(envs, masked)))
     try:
         message = conn.recv()
     except EOFError:
