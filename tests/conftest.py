@@ -17,7 +17,13 @@ def pytest_configure(config):
     CPU ``i`` (modulo the CPUs it may use): pinned to the same CPU, two workers were no faster
     than one."""
     import os
+    import signal
 
+    # Started as a background job (`cmd &` in a script: SIGINT and SIGQUIT ignored), the tests
+    # that Ctrl+C a `fleetrl` child would see it ignore the signal, as the CLI leaves an ignored
+    # SIGINT ignored (nohup): give the children of this process the default disposition.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if not worker and (config.getoption("numprocesses", None) or 0) > 0:
         return  # xdist's controller runs no test: its workers pin themselves (they inherit it)
