@@ -87,12 +87,13 @@ def _entry_point(env_id: str) -> str:
     return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
 
 
-def make_render_env(env_id: str, env_kwargs: dict | None = None):
+def make_render_env(env_id: str, env_kwargs: dict | None = None, observe: tuple[int, ...] = ()):
     """``gymnasium.make(env_id, render_mode="rgb_array", **env_kwargs)`` set up for no display.
 
     ``env_kwargs`` may hold ``preprocess`` (fleetrl's ``env.preprocess``, e.g. "atari"), and
     ``env_id`` may be ``module.path:ClassName``: the env is then built as the training pool
-    builds it (`fleetrl.envs.host.GymnasiumFactory`).
+    builds it (`fleetrl.envs.host.GymnasiumFactory`). ``observe``: the observation elements
+    the policy sees (``env.observe``), kept by the pool's own wrapper.
     """
     import gymnasium
 
@@ -107,9 +108,11 @@ def make_render_env(env_id: str, env_kwargs: dict | None = None):
     else:
         env = gymnasium.make(env_id, render_mode="rgb_array", **kwargs)
     from fleetrl.envs.adapt import adapt
+    from fleetrl.envs.factory import ObserveWrapper
 
     # as the training pool sees it: Discrete observations one-hot, a Dict's mask in info
-    return adapt(env, 0)
+    env = adapt(env, 0)
+    return ObserveWrapper(env, observe) if observe else env
 
 
 def _render(env, env_id: str) -> np.ndarray:
@@ -225,7 +228,7 @@ def record_episodes(
     _imageio()  # before any work
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    env = make_render_env(env_id, env_kwargs)
+    env = make_render_env(env_id, env_kwargs, observe)
     try:
         fps = fps or env.metadata.get("render_fps") or 30
         limit = max_steps or (env.spec.max_episode_steps if env.spec else None) or 1000
@@ -234,7 +237,7 @@ def record_episodes(
         for i in range(episodes):
             name = f"{prefix}_{i}.mp4"
             total, length, finished = _play(
-                env, env_id, policy, to_action, seed + i, outdir / name, fps, limit, observe
+                env, env_id, policy, to_action, seed + i, outdir / name, fps, limit
             )
             result = {"episode": i, "return": total, "length": length, "finished": finished}
             results.append(result | {"file": name})
@@ -243,11 +246,8 @@ def record_episodes(
     return results
 
 
-def _play(
-    env, env_id, policy, to_action, seed, path, fps, limit, observe=()
-) -> tuple[float, int, bool]:
-    """One episode into the MP4 at ``path``: ``(return, length, finished)``; ``observe``: the
-    indices of the observation the policy sees (``env.observe``), empty for all."""
+def _play(env, env_id, policy, to_action, seed, path, fps, limit) -> tuple[float, int, bool]:
+    """One episode into the MP4 at ``path``: ``(return, length, finished)``."""
     obs, info = env.reset(seed=seed)
     first = _render(env, env_id)  # fails before a file exists if rendering cannot work
     total, length, finished = 0.0, 0, False
@@ -257,8 +257,6 @@ def _play(
         writer.append_data(first)
         while not finished and length < limit:
             obs = np.asarray(obs, dtype=np.float32)
-            if observe:
-                obs = obs[list(observe)]
             mask = info.get("action_mask")
             if mask is None:
                 action = policy(obs[None])

@@ -115,17 +115,7 @@ def test_recurrent_minibatches_keep_sequences_whole():
     run = _tiny_run("ppo-gru-memorychain", num_minibatches=2, hidden_sizes=(4,), core_size=4)
     spec = _spec(num_envs=4)
     algo = L.make(run, spec)
-    parts = L.Parts(
-        run.algo,
-        L.Family.of(run.algo),
-        spec,
-        networks.build(run.algo, spec),
-        None,
-        None,
-        None,
-        6,
-        False,
-    )
+    parts = L.build_parts(run, spec)
     env_index = jnp.broadcast_to(jnp.arange(4.0), (6, 4))
     batch = {
         "obs": env_index[..., None],
@@ -212,16 +202,7 @@ def test_a_recurrent_learner_replays_what_the_actor_did(core, kind):
     carry, _ = rollout_fn(carry)  # a second segment: its start state is not the initial one
     _, rollout = rollout_fn(carry)
     assert rollout.done[:-1].any()  # episodes end inside the segment
-    parts = L.Parts(
-        run.algo,
-        L.Family.of(run.algo),
-        env.spec,
-        *_net_and_dist(run, env.spec),
-        None,
-        None,
-        12,
-        False,
-    )
+    parts = L.build_parts(run, env.spec)
     batch = L.sequence_batch(parts, state, rollout, rollout.reward)
     out, _ = L.evaluate_batch(parts, state.params, batch)
     replayed = parts.dist.log_prob(out, batch["action"].reshape(-1)).reshape(12, 4)
@@ -239,7 +220,3 @@ def test_a_recurrent_learner_replays_what_the_actor_did(core, kind):
     np.testing.assert_allclose(
         np.asarray(next_values[:-1])[same], np.asarray(values[1:])[same], atol=1e-5
     )
-
-
-def _net_and_dist(run, spec):
-    return networks.build(run.algo, spec), networks.distribution(spec)

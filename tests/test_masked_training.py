@@ -71,16 +71,7 @@ def test_the_loss_sees_the_masked_policy():
     state = algo.init(jax.random.PRNGKey(0))
     carry = reset(env, jax.random.PRNGKey(1), algo)
     _, rollout = jax.jit(lambda s, c: simulate(algo, env, s, c, 8))(state, carry)
-    parts = L.Parts(
-        run.algo,
-        L.Family.of(run.algo),
-        env.spec,
-        *_net_and_dist(run, env.spec),
-        None,
-        None,
-        8,
-        False,
-    )
+    parts = L.build_parts(run, env.spec)
     batch = L.flat_batch(parts, state, rollout, rollout.reward)
     assert batch["mask"].shape == (32, 4)
     out, _ = L.evaluate_batch(parts, state.params, batch)
@@ -89,9 +80,3 @@ def test_the_loss_sees_the_masked_policy():
     relogp = parts.dist.log_prob(out, batch["action"])
     np.testing.assert_allclose(relogp, batch["log_prob"], atol=1e-5)
     assert jnp.isfinite(L.loss_fn(parts, state.params, batch, state.kl_penalty)[0])
-
-
-def _net_and_dist(run, spec):
-    from fleetrl.algos.actor_critic import networks
-
-    return networks.build(run.algo, spec), networks.distribution(spec)

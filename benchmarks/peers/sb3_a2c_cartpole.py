@@ -36,30 +36,12 @@ import argparse
 import json
 
 import torch
-from sb3_callbacks import StopAtThreshold, TimedEval
+from sb3_callbacks import FirstRollout, StopAtThreshold, TimedEval
 from stable_baselines3 import A2C
-from stable_baselines3.common.callbacks import (
-    BaseCallback,
-)
 from stable_baselines3.common.env_util import make_vec_env
 
 THRESHOLD = 475.0
 N_ENVS = 8  # RL-Zoo a2c.yml CartPole-v1
-
-
-class FirstRollout(BaseCallback):
-    """Records wall time and step count when the first rollout has been collected."""
-
-    def __init__(self):
-        super().__init__()
-        self.mark = None
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        if self.mark is None:
-            self.mark = (time.perf_counter(), self.model.num_timesteps)
 
 
 def zoo_model(seed):

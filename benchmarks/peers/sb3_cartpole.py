@@ -29,11 +29,8 @@ import argparse
 import json
 
 import torch
-from sb3_callbacks import StopAtThreshold, TimedEval
+from sb3_callbacks import FirstRollout, StopAtThreshold, TimedEval
 from stable_baselines3 import PPO
-from stable_baselines3.common.callbacks import (
-    BaseCallback,
-)
 from stable_baselines3.common.env_util import make_vec_env
 
 THRESHOLD = 475.0
@@ -42,26 +39,6 @@ EVAL_EVERY = 2048  # env steps
 
 def linear(x):
     return lambda progress_remaining: progress_remaining * x
-
-
-class FirstRollout(BaseCallback):
-    """Records wall time and step count when the first rollout has been collected."""
-
-    def __init__(self):
-        super().__init__()
-        self.mark = None
-
-    def _on_step(self):
-        return True
-
-    def _on_rollout_end(self):
-        if self.mark is None:
-            self.mark = (time.perf_counter(), self.model.num_timesteps)
-
-    def steps_per_second(self):
-        """Env steps per second from the end of the first rollout until now."""
-        t1, n1 = self.mark
-        return (self.model.num_timesteps - n1) / (time.perf_counter() - t1)
 
 
 def zoo_model(seed):

@@ -18,7 +18,7 @@ import argparse
 import json
 
 import torch
-from sb3_cartpole import FirstRollout  # a sibling script
+from sb3_callbacks import FirstRollout
 from stable_baselines3 import PPO
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecNormalize

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fleetrl.types import Array
+from fleetrl.types import Array, Health
 
 
 class SkipState(NamedTuple):
@@ -58,6 +58,12 @@ def clip_or_skip(
         return updates, SkipState(inner_state, (state.streak + bad) * bad, state.skipped + bad)
 
     return optax.GradientTransformation(init, update)
+
+
+def health(params, opt_state) -> Health:
+    """The `Health` of a learner whose optimizer went through `clip_or_skip` (also wrapped in
+    ``optax.flatten``, whose state is the inner one): its parameters and skip counters."""
+    return Health(params, opt_state.skipped, opt_state.streak)
 
 
 def skip_metrics(before: SkipState, after: SkipState) -> dict[str, Array]:

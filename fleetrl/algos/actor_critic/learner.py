@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import optax
 from flax import struct
 
+from fleetrl.algos import guard
 from fleetrl.algos.actor_critic import losses, networks
 from fleetrl.algos.actor_critic.config import Family
 from fleetrl.algos.guard import clip_or_skip
@@ -63,6 +64,19 @@ class Parts(NamedTuple):
 
 def make(run, spec: EnvSpec) -> Algorithm:
     """Build the `Algorithm` of ``run.algo`` (a PPO, A2C or REINFORCE config) for ``spec``."""
+    parts = build_parts(run, spec)
+    return Algorithm(
+        init=functools.partial(init, parts),
+        actor_params=functools.partial(actor_params, parts),
+        init_actor=lambda key, num_envs: parts.net.initial_core(num_envs),
+        act=functools.partial(act, parts),
+        learn=functools.partial(learn, parts),
+        health=health,
+    )
+
+
+def build_parts(run, spec: EnvSpec) -> Parts:
+    """What `make`'s functions close over, checked against ``spec``."""
     cfg, family = run.algo, Family.of(run.algo)
     if family.estimator == "monte_carlo" and run.train.num_steps < spec.max_episode_steps:
         raise ConfigError(
@@ -79,16 +93,8 @@ def make(run, spec: EnvSpec) -> Algorithm:
     unroll = cfg.network == "nature_cnn" and jax.default_backend() == "cpu"
     net = networks.build(cfg, spec)
     dist = networks.distribution(spec)
-    parts = Parts(
+    return Parts(
         cfg, family, spec, net, dist, optimizer, learning_rate, run.train.num_steps, unroll
-    )
-    return Algorithm(
-        init=functools.partial(init, parts),
-        actor_params=functools.partial(actor_params, parts),
-        init_actor=lambda key, num_envs: net.initial_core(num_envs),
-        act=functools.partial(act, parts),
-        learn=functools.partial(learn, parts),
-        health=health,
     )
 
 
@@ -128,7 +134,7 @@ def init(parts: Parts, key: Array) -> ActorCriticState:
 
 
 def health(state: ActorCriticState) -> Health:
-    return Health(state.params, state.opt_state.skipped, state.opt_state.streak)
+    return guard.health(state.params, state.opt_state)
 
 
 def observe(parts: Parts, obs_stats: RunningStats | None, obs: Array) -> Array:
@@ -186,7 +192,7 @@ def learn(parts: Parts, state: ActorCriticState, rollout: Rollout, key: Array):
         old_out = evaluate_batch(parts, state.params, batch, value=False)[0]
         batch["old_out"] = _like_batch(parts, old_out, reward.shape)
     params, opt_state, update_metrics = update(parts, state, batch, key)
-    if "weights" in batch:  # nothing to learn (no episode ended): Adam's momentum must not move
+    if parts.family.estimator == "monte_carlo":  # no episode ended: Adam's momentum must not move
         learned = jnp.sum(batch["weights"]) > 0
         params, opt_state = jax.tree.map(
             lambda new, old: jnp.where(learned, new, old),

@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from fleetrl import distributions as D
 from fleetrl.config import ConfigError
 from fleetrl.nets import MLP, GaussianHead, Torso
+from fleetrl.rollout import reset_where
 from fleetrl.types import Array, EnvSpec
 
 
@@ -173,12 +174,7 @@ def unroll(net: Network, params, core, obs: Array, resets: Array, burn_in: int =
 
     def step(state, xs):
         x_t, reset_t = xs
-        state = jax.tree.map(
-            lambda f, s: jnp.where(reset_t.reshape((-1,) + (1,) * (s.ndim - 1)), f, s),
-            fresh,
-            state,
-        )
-        state, h = net.step(params, state, x_t)
+        state, h = net.step(params, reset_where(reset_t, fresh, state), x_t)
         return state, (h, state)
 
     if burn_in:

@@ -18,6 +18,7 @@ from flax import struct
 
 from fleetrl import distributions as D
 from fleetrl import replay
+from fleetrl.algos import guard
 from fleetrl.algos.dqn.losses import epsilon_schedule, td_loss, td_target
 from fleetrl.algos.guard import clip_or_skip
 from fleetrl.nets import MLP
@@ -91,7 +92,7 @@ def init(parts: Parts, key: Array) -> DQNState:
 
 
 def health(state: DQNState) -> Health:
-    return Health(state.params, state.opt_state.skipped, state.opt_state.streak)
+    return guard.health(state.params, state.opt_state)
 
 
 def actor_params(parts: Parts, state: DQNState) -> dict[str, Any]:
