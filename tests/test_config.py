@@ -146,3 +146,24 @@ def test_presets_command_lists_one_line_each():
     ).stdout
     for name in PRESETS:
         assert any(line.startswith(name + " ") for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    "preset, args, field",
+    [
+        ("ppo-lstm-cartpole-novel", ["--algo.num-minibatches", "3"], "algo.num_minibatches"),
+        ("ppo-lstm-cartpole-novel", ["--algo.burn-in", "32"], "algo.burn_in"),
+        ("ppo-lstm-cartpole-novel", ["--algo.shared-torso", "True"], "algo.shared_torso"),
+        ("ppo-lstm-cartpole-novel", ["--algo.core-size", "0"], "algo.core_size"),
+        ("a2c-cartpole", ["--algo.gae-lambda", "1.5"], "algo.gae_lambda"),
+        ("reinforce-cartpole", ["--algo.core", "lstm"], "algo.core"),
+        ("reinforce-cartpole", ["--train.num-steps", "100"], "train.num_steps"),
+    ],
+)
+def test_bad_family_settings_name_the_field(capsys, tmp_path, preset, args, field):
+    """Recurrent minibatches split envs (16 is not divisible by 3); burn-in shorter than a
+    rollout; REINFORCE needs rollouts as long as an episode (CartPole's 500): refused before
+    any run directory exists."""
+    assert main(["train", preset, *args, "--log.root", str(tmp_path)]) == 2
+    assert field in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
