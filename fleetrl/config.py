@@ -201,7 +201,7 @@ class RunConfig(Generic[A]):
     """Everything a run needs; resolved and saved as ``config.yaml`` in the run directory."""
 
     algorithm: str
-    """Algorithm name (ppo, dqn)."""
+    """Algorithm name (a key of `fleetrl.algos.ALGORITHMS`: ppo, a2c, reinforce, dqn, pqn)."""
     algo: A
     """The algorithm's own configuration."""
     env: EnvConfig = field(default_factory=EnvConfig)

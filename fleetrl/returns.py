@@ -1,4 +1,5 @@
-"""Return estimators: GAE and n-step targets. One kernel per concept; tested against references.
+"""Return estimators: GAE, n-step targets, Monte-Carlo and Q(lambda) returns. One kernel per
+concept; tested against references.
 
 Conventions: time-major ``[T, N]`` arrays. ``terminated[t]`` means the step ``t`` reached a
 terminal state (no bootstrap); ``truncated[t]`` means the episode was cut by a time limit, so the
@@ -107,3 +108,40 @@ def monte_carlo_returns(
         backward, init, (reward, not_done, bootstrap, done), reverse=True
     )
     return returns, complete
+
+
+def q_lambda_returns(
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    next_value: Array,
+    gamma: float,
+    lam: float,
+) -> Array:
+    """Peng's Q(lambda) returns (Peng & Williams 1996) over a rollout, as PQN learns from them
+    (Gallici et al. 2024; purejaxql's pqn_gymnax.py): lambda-returns whose every step
+    bootstraps from the greedy value, without cutting traces at exploratory actions.
+
+    ``G[t] = r[t] + gamma * (1 - terminated[t]) * ((1 - l[t]) * next_value[t] + l[t] * G[t+1])``
+    with ``l[t] = lam`` where the episode goes on after ``t`` inside the window, and 0 where
+    it ended at ``t`` or ``t`` is the window's last step. A truncated step therefore
+    bootstraps from ``next_value[t]`` alone and carries no return across the boundary.
+
+    Args: ``reward, terminated, truncated, next_value``: ``[T, N]``; ``next_value[t]`` is
+    ``max_a Q(next_obs[t], a)``, the state step ``t`` reached before any auto-reset (read
+    only where not terminated). Returns the targets ``G``, ``[T, N]``.
+    """
+    not_terminal = 1.0 - terminated.astype(reward.dtype)
+    carry_on = lam * (1.0 - (terminated | truncated).astype(reward.dtype))
+
+    def backward(next_return: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
+        reward_t, not_terminal_t, carry_on_t, next_value_t = xs
+        blend = next_value_t + carry_on_t * (next_return - next_value_t)
+        ret = reward_t + gamma * not_terminal_t * blend
+        return ret, ret
+
+    # G[T] := next_value[T - 1]: the last step's blend is its own bootstrap whatever lam
+    _, returns = jax.lax.scan(
+        backward, next_value[-1], (reward, not_terminal, carry_on, next_value), reverse=True
+    )
+    return returns

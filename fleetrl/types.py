@@ -36,6 +36,10 @@ class EnvSpec:
     action_mask: bool = False
     """Whether ``TimeStep.action_mask`` holds a ``[N, num_actions]`` bool mask of the legal
     actions (discrete actions only); without one every action is legal and the field is None."""
+    frame_stack: int = 0
+    """Observations are stacks of the last ``frame_stack`` frames along axis 0, as gymnasium's
+    ``FrameStackObservation`` with its default reset padding gives them (Atari: 4); 0 = not
+    stacked. Replay stores each frame once (`fleetrl.replay`)."""
 
 
 class TimeStep(NamedTuple):

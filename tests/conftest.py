@@ -51,11 +51,13 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
             run, train=dataclasses.replace(run.train, num_steps=min(run.train.num_steps, 32))
         )
     if run.env.preprocess == "atari":  # the CNN on a CPU: a few frames, short evaluations
+        names = {f.name for f in dataclasses.fields(run.algo)}
+        epochs = {"num_epochs": 1, "num_minibatches": 1} if "num_epochs" in names else {}
         run = dataclasses.replace(
             run,
             env=dataclasses.replace(run.env, num_envs=2),
             train=dataclasses.replace(run.train, num_steps=16, eval_max_steps=50),
-            algo=dataclasses.replace(run.algo, num_epochs=1, num_minibatches=1),
+            algo=dataclasses.replace(run.algo, **epochs),
         )
     spi = run.steps_per_iteration
     train_fields = dict(

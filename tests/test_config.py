@@ -14,6 +14,25 @@ PRESETS = [
     "ppo-pendulum",
     "ppo-mountaincar-continuous",
     "dqn-cartpole",
+    "pqn-cartpole",
+    "pqn-breakout-minatar",
+    "pqn-space-invaders-minatar",
+    "pqn-asterix-minatar",
+    "pqn-freeway-minatar",
+    "rainbow-cartpole",
+    "rainbow-iqn-cartpole",
+    "qr-dqn-cartpole",
+    "iqn-cartpole",
+    "m-dqn-cartpole",
+    "m-iqn-cartpole",
+    "dqn-breakout-minatar",
+    "dqn-space-invaders-minatar",
+    "dqn-asterix-minatar",
+    "dqn-freeway-minatar",
+    "rainbow-breakout-minatar",
+    "rainbow-space-invaders-minatar",
+    "rainbow-asterix-minatar",
+    "rainbow-freeway-minatar",
     "a2c-cartpole",
     "reinforce-cartpole",
     "ppo-gru-memorychain",
@@ -22,6 +41,15 @@ PRESETS = [
 HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
     "ppo-cartpole-gym",
     "dqn-cartpole-gym",
+    "pqn-cartpole-gym",
+    "rainbow-cartpole-gym",
+    "qr-dqn-cartpole-gym",
+    "iqn-cartpole-gym",
+    "m-dqn-cartpole-gym",
+    "dqn-pong",
+    "dqn-breakout",
+    "rainbow-pong",
+    "rainbow-breakout",
     "ppo-lunarlander",
     "ppo-halfcheetah",
     "ppo-hopper",
@@ -70,7 +98,7 @@ def test_bad_values_name_the_field(capsys, args, field):
 def test_action_space_the_algorithm_cannot_handle(capsys, tmp_path):
     code = main(["train", "dqn-cartpole", "--env.id", "Pendulum-v1", "--log.root", str(tmp_path)])
     assert code == 2
-    assert "env.id: DQN needs a discrete action space" in capsys.readouterr().err
+    assert "env.id: value-based methods need a discrete action space" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # refused before a run directory was made
 
 

@@ -23,31 +23,56 @@ from fleetrl.rollout import reset, simulate
 
 NUM_ENVS, NUM_STEPS = 4, 16
 
-# every registered algorithm, plus the recurrent cores of those that have them
-VARIANTS = [(name, {}) for name in ALGORITHMS] + [
-    ("ppo", {"core": "lstm", "core_size": 8}),
-    ("a2c", {"core": "gru", "core_size": 8}),
+# every registered algorithm, plus the recurrent cores of those that have them and the
+# value-based combinations that presets use: (label, algorithm, overrides)
+RAINBOW = {
+    "double_q": True,
+    "dueling": True,
+    "noisy": True,
+    "n_step": 3,
+    "distributional": "c51",
+    "prioritized": True,
+}
+VARIANTS = [(name, name, {}) for name in ALGORITHMS] + [
+    ("ppo-lstm", "ppo", {"core": "lstm", "core_size": 8}),
+    ("a2c-gru", "a2c", {"core": "gru", "core_size": 8}),
+    ("rainbow", "dqn", RAINBOW),
+    ("rainbow-iqn", "dqn", {**RAINBOW, "distributional": "iqn", "num_tau_samples": 4}),
+    ("qr-dqn", "dqn", {"distributional": "qr", "num_quantiles": 5}),
+    ("m-dqn", "dqn", {"munchausen": True}),
+    ("m-iqn", "dqn", {"munchausen": True, "distributional": "iqn", "num_tau_samples": 4}),
 ]
-# the recurrent variants on every kind run with -m slow; by default on the two kinds that
-# exercise what a core adds (masks in a sequence, uint8 frames through an encoder)
-DEFAULT_RECURRENT = {("ppo", "masked"), ("a2c", "image")}
+# the variants on every kind run with -m slow; by default on the kinds that exercise what
+# they add (masks in a sequence or in a target, uint8 frames through an encoder or a replay)
+DEFAULT_VARIANTS = {
+    ("ppo-lstm", "masked"),
+    ("a2c-gru", "image"),
+    ("rainbow", "masked"),
+    ("rainbow", "image"),
+    ("rainbow-iqn", "discrete"),
+    ("qr-dqn", "discrete"),
+    ("m-dqn", "discrete"),
+    ("m-iqn", "masked"),
+}
 
 
 def _cases():
-    for name, overrides in VARIANTS:
+    for label, name, overrides in VARIANTS:
         for kind in KINDS:
-            slow = overrides and (name, kind) not in DEFAULT_RECURRENT
+            slow = overrides and (label, kind) not in DEFAULT_VARIANTS
             marks = [pytest.mark.slow] if slow else []
-            label = name + (f"-{overrides['core']}" if overrides else "") + f"-{kind}"
-            yield pytest.param(name, overrides, kind, marks=marks, id=label)
+            yield pytest.param(name, overrides, kind, marks=marks, id=f"{label}-{kind}")
 
 
 def _base_preset(name: str) -> str:
-    """A shipped preset of algorithm ``name`` (its config is then shrunk)."""
-    for preset in preset_names():
-        if load_preset(preset).algorithm == name:
-            return preset
-    raise AssertionError(f"no preset ships algorithm {name}")
+    """A shipped preset of algorithm ``name`` (its config is then shrunk), one with an MLP where
+    there is one: the fake envs' vector observations fit no conv torso (pqn-breakout-minatar
+    sorts before pqn-cartpole)."""
+    runs = [(p, load_preset(p)) for p in preset_names()]
+    ours = [(p, run) for p, run in runs if run.algorithm == name]
+    assert ours, f"no preset ships algorithm {name}"
+    mlp = [p for p, run in ours if getattr(run.algo, "network", "mlp") == "mlp"]
+    return (mlp or [p for p, _ in ours])[0]
 
 
 def _run(name: str, overrides: dict):

@@ -10,61 +10,48 @@ import pytest
 
 from fleetrl import replay
 from fleetrl.algos import dqn
+from fleetrl.algos.dqn import learner as dqn_learner
 from fleetrl.config import load_preset
 from fleetrl.train import train
 from fleetrl.types import EnvSpec, Rollout
 from tests.test_train import records
 
 
-def test_one_step_target_vanilla_and_double_q_hand_computed():
-    # 3 samples, 2 actions, gamma 0.5: [continues, terminated, truncated]
-    online = jnp.array([[[1.0, 2.0], [0.0, 5.0], [3.0, 0.0]]])  # [n=1, B=3, A=2]
-    target = jnp.array([[[4.0, 3.0], [6.0, 1.0], [2.0, 8.0]]])
-    reward = jnp.array([[1.0, 2.0, -1.0]])
-    terminated = jnp.array([[False, True, False]])
-    truncated = jnp.array([[False, False, True]])
-    args = (reward, terminated, truncated, 0.5)
-    # DQN: max of the target net: 1 + .5 * 4; terminal: 2 (no bootstrap); truncated: -1 + .5 * 8
-    np.testing.assert_array_equal(dqn.td_target(online, target, *args, False), [3.0, 2.0, 3.0])
-    # Double DQN: target net at the online argmax (1, -, 0): 1 + .5 * 3; 2; -1 + .5 * 2
-    np.testing.assert_array_equal(dqn.td_target(online, target, *args, True), [2.5, 2.0, 0.0])
-
-
 def test_three_step_target_from_a_hand_written_sequence_through_replay_sampling():
-    """One env, 8 steps stored across the ring buffer's wrap, sampled as 3-step windows; Q is a
-    table indexed by the observation id, so each window's target is computed by hand."""
+    """One env, 9 steps stored across the ring buffer's wrap, sampled as 3-step windows; V is a
+    table indexed by the observation id, so each window's target is computed by hand. The
+    bootstrap observation comes from the next row, or from the side ring at a truncation."""
     # step t: obs id t, reward, terminated, truncated, id of the observation reached
-    reward = [1.0, 2.0, 4.0, 1.0, 2.0, 1.0, 1.0, 1.0]
-    terminated = [False, False, True, False, False, False, False, False]
-    truncated = [False, False, False, False, True, False, False, False]
-    next_id = [1, 2, 9, 4, 10, 6, 7, 8]  # 9: terminal state, 10: final obs of the cut episode
-    steps = {
-        "obs": jnp.arange(8.0)[:, None, None],  # [T=8, N=1, 1]
-        "reward": jnp.array(reward)[:, None],
-        "terminated": jnp.array(terminated)[:, None],
-        "truncated": jnp.array(truncated)[:, None],
-        "next_obs": jnp.array(next_id, jnp.float32)[:, None, None],
-    }
-    q_table = jnp.stack([10.0 * jnp.arange(11.0), -jnp.ones(11)], axis=-1)  # V(id) = 10 id
+    reward = [1.0, 2.0, 4.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    terminated = [False, False, True, False, False, False, False, False, False]
+    truncated = [False, False, False, False, True, False, False, False, False]
+    next_id = [1, 2, 9, 4, 10, 6, 7, 8, 11]  # 9: terminal state, 10: final obs of the cut episode
+    col = lambda xs, dtype: jnp.array(xs, dtype)[:, None]
+    obs = jnp.arange(9.0)[:, None, None]  # [T=9, N=1, 1]
+    steps = (obs, col(next_id, jnp.float32)[..., None], col([0] * 9, jnp.int32))
+    steps += (col(reward, jnp.float32), col(terminated, bool), col(truncated, bool))
+    value = 10.0 * jnp.arange(12.0)  # V(id) = 10 id
 
     @jax.jit  # one compile instead of one per op
     def sample_targets(steps, key):
-        buffer = replay.create(jax.tree.map(lambda x: x[0], steps), capacity_rows=8)
-        buffer = replay.add(buffer, jax.tree.map(lambda x: x[:3], steps))  # overwritten next
-        buffer = replay.add(buffer, steps)
-        batch = replay.sample_sequences(buffer, key, 256, 3)
-        next_q = q_table[batch["next_obs"][..., 0].astype(jnp.int32)]  # [3, B, 2]
-        args = (batch["reward"], batch["terminated"], batch["truncated"], 0.5, False)
-        return batch["obs"][0, :, 0], dqn.td_target(next_q, next_q, *args)
+        buffer = replay.create((1,), jnp.float32, 1, capacity_rows=8)
+        buffer = replay.add(buffer, *jax.tree.map(lambda x: x[:3], steps))
+        buffer = replay.add(buffer, *jax.tree.map(lambda x: x[3:], steps))  # wraps: step 0 goes
+        rows, envs = replay.sample_uniform(buffer, key, 256, 3)
+        window = replay.read_windows(buffer, rows, envs, 3)
+        ret, discount = dqn.n_step_bootstrap(
+            window.reward, window.terminated, window.truncated, 0.5
+        )
+        bootstrap = value[window.next_obs[:, 0].astype(jnp.int32)]
+        return window.obs[:, 0], ret + discount * bootstrap
 
     start, got = sample_targets(steps, jax.random.PRNGKey(0))
-    expected = {
-        0: 1 + 0.5 * 2 + 0.25 * 4,  # terminal at step 2: no bootstrap
+    expected = {  # the buffer holds steps 1..8; windows need the row after them: starts 1..5
         1: 2 + 0.5 * 4,  # stops at the terminal step 2; step 3's reward is another episode's
         2: 4.0,
         3: 1 + 0.5 * 2 + 0.25 * 100,  # truncated at step 4: bootstraps from V(10)
         4: 2 + 0.5 * 100,
-        5: 1 + 0.5 * 1 + 0.25 * 1 + 0.125 * 80,  # three rewards, then V(8)
+        5: 1 + 0.5 * 1 + 0.25 * 1 + 0.125 * 80,  # three rewards, then V(8) from row 8
     }
     start = np.asarray(start).astype(int)
     assert set(start) == set(expected)
@@ -114,24 +101,37 @@ def same_tree(a, b):
     return all(np.array_equal(x, y) for x, y in pairs)
 
 
-def test_target_network_is_copied_every_target_update_interval_gradient_steps():
-    run, algo = tiny_dqn(gradient_steps=1, target_update_interval=3)
+def test_target_network_is_copied_every_target_update_interval_env_steps():
+    """SB3's unit: 2 envs x 4 steps = 8 env steps per learn, interval 16: a copy at the start
+    of every second learn, of the online network as the envs last acted with it."""
+    run, algo = tiny_dqn(gradient_steps=1, target_update_interval=16)
     state = algo.init(jax.random.PRNGKey(0))
     assert same_tree(state.target_params, state.params)
     learn = jax.jit(algo.learn)
     rng = np.random.default_rng(0)
     for step in range(1, 8):
-        previous_target = state.target_params
+        previous = state
         state, metrics = learn(state, fake_rollout(rng), jax.random.PRNGKey(step))
         assert int(state.gradient_steps) == step
-        if step % 3 == 0:  # refreshed (tau 1: a copy)
-            assert same_tree(state.target_params, state.params)
+        if step % 2 == 0:  # refreshed before this learn's gradient step (tau 1: a copy)
+            assert same_tree(state.target_params, previous.params)
         else:  # frozen since the last refresh while the online network moves
-            assert same_tree(state.target_params, previous_target)
-            assert not same_tree(state.target_params, state.params)
+            assert same_tree(state.target_params, previous.target_params)
+        assert not same_tree(state.target_params, state.params)
         expected_epsilon = dqn.epsilon_schedule(state.env_steps, run.algo, run.train.total_steps)
         assert float(metrics["train/epsilon"]) == pytest.approx(float(expected_epsilon))
     assert int(state.env_steps) == 7 * 8
+
+
+def test_polyak_target_updates_count_every_interval_crossed():
+    cfg = dqn.Config(target_update_interval=4, tau=0.5)
+    online, target = {"w": jnp.float32(1.0)}, {"w": jnp.float32(9.0)}
+    refresh = lambda before, after: float(
+        dqn_learner.refresh_target(cfg, online, target, jnp.int32(before), jnp.int32(after))["w"]
+    )
+    assert refresh(0, 3) == 9.0  # no multiple of 4 crossed
+    assert refresh(3, 4) == 5.0  # one: halfway
+    assert refresh(0, 12) == 1.0 + 8.0 * 0.5**3  # three, all toward the same online value
 
 
 def test_double_q_three_step_smoke_run(tiny):

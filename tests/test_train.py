@@ -25,8 +25,36 @@ def records(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+# Presets whose algorithm, network and env kind another default smoke run already covers (the
+# other MinAtar games, the host twins of the value family's CartPole presets, a second Atari
+# game) smoke-run with -m slow, to keep the default suite within its time.
+SLOW_SMOKE = {
+    f"{algo}-{game}-minatar"
+    for algo in ("dqn", "rainbow", "pqn")
+    for game in ("space-invaders", "asterix", "freeway")
+} | {
+    "rainbow-cartpole-gym",
+    "qr-dqn-cartpole-gym",
+    "iqn-cartpole-gym",
+    "m-dqn-cartpole-gym",
+    "dqn-breakout",
+    "rainbow-breakout",
+    # combinations the contract test runs by default (tests/test_contract.py)
+    "rainbow-iqn-cartpole",
+    "m-iqn-cartpole",
+    "qr-dqn-cartpole",
+    "rainbow-breakout-minatar",
+}
+
+
+def _smoke_cases():
+    for preset in PRESETS + HOST_PRESETS:
+        marks = [pytest.mark.slow] if preset in SLOW_SMOKE else []
+        yield pytest.param(preset, marks=marks, id=preset)
+
+
 @pytest.mark.timeout(600)
-@pytest.mark.parametrize("preset", PRESETS + HOST_PRESETS)
+@pytest.mark.parametrize("preset", list(_smoke_cases()))
 def test_every_preset_smoke_runs(tiny, preset):
     run = tiny(preset)
     result = train(run)

@@ -14,6 +14,7 @@ ALGORITHMS = {
     "a2c": "fleetrl.algos.actor_critic.a2c",
     "reinforce": "fleetrl.algos.actor_critic.reinforce",
     "dqn": "fleetrl.algos.dqn",
+    "pqn": "fleetrl.algos.dqn.pqn",
 }
 
 

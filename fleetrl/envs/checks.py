@@ -65,6 +65,8 @@ class PoolSpec:
     """Time limit of one episode (truncation), 0 if unknown."""
     action_mask: bool = False
     """The envs give action masks (`fleetrl.envs.adapt`): ``HostTimeStep.action_mask``."""
+    frame_stack: int = 0
+    """Observations stack the last ``frame_stack`` frames (``EnvSpec.frame_stack``); 0: not."""
     observation_space: Any = field(default=None, compare=False, repr=False)
     action_space: Any = field(default=None, compare=False, repr=False)
 
@@ -89,6 +91,7 @@ class PoolSpec:
             max_episode_steps=self.max_episode_steps,
             observation_dtype=np.dtype(self.observation_dtype).name,
             action_mask=self.action_mask,
+            frame_stack=self.frame_stack,
         )
 
 

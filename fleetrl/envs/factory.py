@@ -15,6 +15,9 @@ import numpy as np
 from fleetrl.envs.observe import check_observe
 from fleetrl.envs.worker import EnvFactory, register_atari
 
+ATARI_FRAME_STACK = 4
+"""Frames `_atari` stacks (``FrameStackObservation``, default reset padding)."""
+
 
 @dataclasses.dataclass(frozen=True)
 class GymnasiumFactory:
@@ -25,6 +28,11 @@ class GymnasiumFactory:
     env_kwargs: tuple[tuple[str, Any], ...] = ()
     preprocess: str = "none"
     observe: tuple[int, ...] = ()
+
+    @property
+    def frame_stack(self) -> int:
+        """Frames stacked in each observation (``EnvSpec.frame_stack``): Atari's, else 0."""
+        return ATARI_FRAME_STACK if self.preprocess == "atari" else 0
 
     def __call__(self, index: int) -> Any:
         kwargs = dict(self.env_kwargs)
@@ -47,7 +55,7 @@ def _atari(env_id: str, kwargs: dict[str, Any]) -> Any:
     env = gymnasium.wrappers.AtariPreprocessing(
         env, noop_max=30, frame_skip=4, screen_size=84, grayscale_obs=True, scale_obs=False
     )
-    return gymnasium.wrappers.FrameStackObservation(env, 4)
+    return gymnasium.wrappers.FrameStackObservation(env, ATARI_FRAME_STACK)
 
 
 class ObserveWrapper(gymnasium.ObservationWrapper):

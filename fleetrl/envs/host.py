@@ -140,7 +140,10 @@ class HostEnv:
             should_stop=STOP_REQUESTED.is_set,
         )
         if beside is None:
-            return cls(_start(make_pool), make_pool)
+            pool = _start(make_pool)
+            # the pool sees stacked frames only as a shape; replay needs to know they are frames
+            spec = dataclasses.replace(pool.spec, frame_stack=factory.frame_stack)
+            return cls(pool, make_pool, spec)
         spec = dataclasses.replace(beside.pool_spec, num_envs=num_envs)
         return cls(_in_background(make_pool), make_pool, spec)
 

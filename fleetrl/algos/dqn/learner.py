@@ -1,9 +1,12 @@
-"""DQN's learner: state, acting and learning as pure functions built by `make`.
+"""The value-based family's learner: state, acting and learning as pure functions built by
+`make`, for every combination of the config's flags.
 
-``learn`` inserts the rollout into the device replay buffer, then takes ``gradient_steps``
-gradient steps once the buffer holds ``learning_starts`` transitions. With an env that masks
-actions, acting and evaluation pick among the legal actions; the TD target still maxes over
-all next actions (the replay keeps no mask yet).
+``learn`` inserts the rollout into the device replay buffer (`fleetrl.replay`: observations
+stored once, in their own dtype), then takes ``gradient_steps`` gradient steps once the buffer
+holds ``learning_starts`` env steps. Each step samples n-step windows (uniformly, or by
+priority from `fleetrl.prioritized`), builds the member's target (`losses`) and minimises the
+member's per-sample loss, weighted by the importance weights. With an env that masks actions,
+acting, evaluation and the bootstrap action pick among the legal actions.
 """
 
 from __future__ import annotations
@@ -17,11 +20,11 @@ import optax
 from flax import struct
 
 from fleetrl import distributions as D
-from fleetrl import replay
+from fleetrl import prioritized, replay
 from fleetrl.algos import guard
-from fleetrl.algos.dqn.losses import epsilon_schedule, td_loss, td_target
+from fleetrl.algos.dqn import losses
+from fleetrl.algos.dqn.networks import make_network, q_values, quantile_midpoints, support
 from fleetrl.algos.guard import clip_or_skip
-from fleetrl.nets import MLP
 from fleetrl.types import Algorithm, Array, EnvSpec, Health, Metrics, Rollout
 
 
@@ -31,6 +34,8 @@ class DQNState:
     target_params: Any
     opt_state: Any
     buffer: replay.ReplayBuffer
+    priorities: prioritized.Priorities
+    """The sum tree over the buffer's window starts (one leaf when replay is uniform)."""
     env_steps: Array
     gradient_steps: Array
 
@@ -43,21 +48,30 @@ class Parts(NamedTuple):
     network: Any
     optimizer: Any
     capacity_rows: int
-    start_rows: int
     total_steps: int
 
 
 def make(run, spec: EnvSpec) -> Algorithm:
-    """Build DQN's `Algorithm` for ``run`` (a RunConfig) and ``spec``."""
+    """Build the value-based `Algorithm` for ``run`` (a RunConfig) and ``spec``."""
     cfg = run.algo
-    network = MLP(cfg.hidden_sizes, spec.num_actions, cfg.activation, out_gain=1.0)
+    learning_rate = cfg.learning_rate
+    if cfg.anneal_lr:  # in gradient steps: iterations x gradient_steps
+        iterations = max(1, run.train.total_steps // (spec.num_envs * run.train.num_steps))
+        learning_rate = optax.linear_schedule(
+            cfg.learning_rate, 0.0, iterations * cfg.gradient_steps
+        )
     # one flat vector for Adam: fewer XLA:CPU kernels per gradient step (see
     # actor_critic/learner.py); a NaN or Inf gradient skips its update (guard.py)
-    optimizer = optax.flatten(clip_or_skip(optax.adam(cfg.learning_rate), cfg.max_grad_norm))
-    capacity_rows = cfg.buffer_size // spec.num_envs
-    # learning_starts in buffer rows, and at least one n-step window
-    start_rows = max(-(-cfg.learning_starts // spec.num_envs), cfg.n_step)
-    parts = Parts(cfg, spec, network, optimizer, capacity_rows, start_rows, run.train.total_steps)
+    adam = optax.adam(learning_rate, eps=cfg.adam_epsilon)
+    optimizer = optax.flatten(clip_or_skip(adam, cfg.max_grad_norm))
+    parts = Parts(
+        cfg,
+        spec,
+        make_network(cfg, spec.num_actions),
+        optimizer,
+        cfg.buffer_size // spec.num_envs,
+        run.train.total_steps,
+    )
     return Algorithm(
         init=functools.partial(init, parts),
         actor_params=functools.partial(actor_params, parts),
@@ -69,23 +83,25 @@ def make(run, spec: EnvSpec) -> Algorithm:
 
 
 def init(parts: Parts, key: Array) -> DQNState:
-    spec = parts.spec
-    dummy = jnp.zeros((1,) + spec.observation_shape, jnp.float32)
-    params = parts.network.init(key, dummy)
-    n = spec.num_envs
-    example = {
-        "obs": jnp.zeros((n,) + spec.observation_shape, jnp.float32),
-        "action": jnp.zeros((n,), jnp.int32),
-        "reward": jnp.zeros((n,), jnp.float32),
-        "terminated": jnp.zeros((n,), bool),
-        "truncated": jnp.zeros((n,), bool),
-        "next_obs": jnp.zeros((n,) + spec.observation_shape, jnp.float32),
-    }
+    spec, cfg = parts.spec, parts.cfg
+    dummy = jnp.zeros((1,) + spec.observation_shape, spec.observation_dtype)
+    taus = jnp.full((1, 1), 0.5) if cfg.distributional == "iqn" else None
+    params = parts.network.init({"params": key, "noise": key}, dummy, taus)
+    buffer = replay.create(
+        spec.observation_shape,
+        spec.observation_dtype,
+        spec.num_envs,
+        parts.capacity_rows,
+        num_actions=spec.num_actions if spec.action_mask else 0,
+        frame_stack=spec.frame_stack,
+    )
+    leaves = parts.capacity_rows * spec.num_envs if cfg.prioritized else 1
     return DQNState(
         params,
         params,
         parts.optimizer.init(params),
-        replay.create(example, parts.capacity_rows),
+        buffer,
+        prioritized.create(leaves),
         jnp.int32(0),
         jnp.int32(0),
     )
@@ -97,17 +113,43 @@ def health(state: DQNState) -> Health:
 
 def actor_params(parts: Parts, state: DQNState) -> dict[str, Any]:
     """The online network's parameters and the exploration rate now."""
-    epsilon = epsilon_schedule(state.env_steps, parts.cfg, parts.total_steps)
+    epsilon = losses.epsilon_schedule(state.env_steps, parts.cfg, parts.total_steps)
     return {"params": state.params, "epsilon": epsilon}
 
 
+def forward(parts: Parts, params, obs: Array, key: Array, num_fractions: int, sample: bool):
+    """The network's ``[B, A, K]`` outputs and their fractions ``[B, K]`` (QR and IQN; else
+    None). ``sample``: draw layer noise and IQN's fractions; else mean weights and fixed,
+    evenly spaced fractions (deterministic)."""
+    cfg = parts.cfg
+    noise_key, tau_key = jax.random.split(key)
+    batch = obs.shape[0]
+    taus = None
+    if cfg.distributional == "qr":
+        taus = jnp.broadcast_to(quantile_midpoints(cfg.num_quantiles), (batch, cfg.num_quantiles))
+    elif cfg.distributional == "iqn" and sample:
+        taus = jax.random.uniform(tau_key, (batch, num_fractions))
+    elif cfg.distributional == "iqn":
+        taus = jnp.broadcast_to(quantile_midpoints(num_fractions), (batch, num_fractions))
+    network_taus = taus if cfg.distributional == "iqn" else None
+    outputs = parts.network.apply(params, obs, network_taus, sample, rngs={"noise": noise_key})
+    return outputs, taus
+
+
+def expected_q(parts: Parts, outputs: Array) -> Array:
+    atoms = support(parts.cfg) if parts.cfg.distributional == "c51" else None
+    return q_values(outputs, parts.cfg.distributional, atoms)
+
+
 def act(parts: Parts, ap, actor_state, obs: Array, key: Array, explore: bool = True, mask=None):
-    """Epsilon-greedy over the legal actions (``mask``); greedy without ``explore``."""
-    q = D.mask_logits(parts.network.apply(ap["params"], obs), mask)
+    """Epsilon-greedy (or noisy-greedy) over the legal actions (``mask``); greedy with mean
+    weights and fixed fractions without ``explore``."""
+    net_key, explore_key, action_key = jax.random.split(key, 3)
+    outputs, _ = forward(parts, ap["params"], obs, net_key, parts.cfg.num_quantile_samples, explore)
+    q = D.mask_logits(expected_q(parts, outputs), mask)
     greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
     if not explore:
         return greedy, actor_state, {}
-    explore_key, action_key = jax.random.split(key)
     if mask is None:
         random_action = jax.random.randint(action_key, greedy.shape, 0, parts.spec.num_actions)
     else:  # uniform over the legal actions
@@ -116,84 +158,184 @@ def act(parts: Parts, ap, actor_state, obs: Array, key: Array, explore: bool = T
     return jnp.where(take_random, random_action, greedy), actor_state, {}
 
 
-def loss_fn(parts: Parts, params, target_params, batch: dict[str, Array]):
-    cfg, network, spec = parts.cfg, parts.network, parts.spec
-    n, b = batch["reward"].shape
-    q = network.apply(params, batch["obs"][0])
-    q_taken = jnp.take_along_axis(q, batch["action"][0][:, None], axis=-1)[:, 0]
-    next_obs = batch["next_obs"].reshape((n * b,) + spec.observation_shape)
-    next_q_target = network.apply(target_params, next_obs).reshape(n, b, -1)
-    # plain DQN never reads the online network's next-state values: skip that forward pass
-    next_q_online = (
-        network.apply(params, next_obs).reshape(n, b, -1) if cfg.double_q else next_q_target
-    )
-    target = td_target(
-        next_q_online,
-        next_q_target,
-        batch["reward"],
-        batch["terminated"],
-        batch["truncated"],
-        cfg.gamma,
-        cfg.double_q,
-    )
-    loss = td_loss(q_taken - target, cfg.loss)
-    return loss, {"losses/td_loss": loss, "losses/q_values": q_taken.mean()}
+def _take(outputs: Array, action: Array) -> Array:
+    """``outputs [B, A, K]`` at ``action [B]``: ``[B, K]``."""
+    return jnp.take_along_axis(outputs, action[:, None, None], axis=1)[:, 0]
 
 
-def gradient_step(parts: Parts, buffer: replay.ReplayBuffer, learner: tuple, key: Array):
-    """One Adam step on a sampled batch; ``learner`` = (params, target, opt_state, count).
-
-    The buffer is closed over, not carried, so the scan never copies it.
-    """
+def member_loss(parts: Parts, params, target_params, window: replay.Window, key: Array):
+    """Per-sample loss ``[B]`` of the member the config names, and the predicted Q ``[B]``."""
     cfg = parts.cfg
-    params, target_params, opt_state, count = learner
-    batch = replay.sample_sequences(buffer, key, cfg.batch_size, cfg.n_step)
-    grad_fn = jax.grad(functools.partial(loss_fn, parts), has_aux=True)
-    grads, metrics = grad_fn(params, target_params, batch)
-    updates, opt_state = parts.optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    count = count + 1
-    refresh = count % cfg.target_update_interval == 0
-    target_params = jax.tree.map(
-        lambda online, target: jnp.where(
-            refresh, cfg.tau * online + (1 - cfg.tau) * target, target
-        ),
-        params,
-        target_params,
+    online_key, target_key, next_key, obs_key = jax.random.split(key, 4)
+    outputs, taus = forward(parts, params, window.obs, online_key, cfg.num_tau_samples, True)
+    predicted = _take(outputs, window.action)
+    next_target, _ = forward(
+        parts, target_params, window.next_obs, target_key, cfg.num_tau_prime_samples, True
     )
-    return (params, target_params, opt_state, count), metrics
+    partial_return, discount = losses.n_step_bootstrap(
+        window.reward, window.terminated, window.truncated, cfg.gamma
+    )
+    next_q_target = D.mask_logits(expected_q(parts, next_target), window.next_action_mask)
+    if cfg.munchausen:
+        at_obs, _ = forward(parts, target_params, window.obs, obs_key, cfg.num_tau_samples, True)
+        target = losses.munchausen_target(
+            expected_q(parts, at_obs), window.action, next_q_target, next_target,
+            partial_return, discount, cfg,
+        )  # fmt: skip
+    else:
+        chooser = next_q_target
+        if cfg.double_q:
+            next_online, _ = forward(
+                parts, params, window.next_obs, next_key, cfg.num_quantile_samples, True
+            )
+            chooser = D.mask_logits(expected_q(parts, next_online), window.next_action_mask)
+        next_outputs = _take(next_target, jnp.argmax(chooser, axis=-1))  # [B, K']
+        if cfg.distributional == "c51":
+            target = losses.categorical_projection(
+                support(cfg), jax.nn.softmax(next_outputs, -1), partial_return, discount
+            )
+            return losses.categorical_loss(predicted, target), expected_q(parts, outputs)
+        target = partial_return[:, None] + discount[:, None] * next_outputs
+    if cfg.distributional in ("qr", "iqn"):
+        loss = losses.quantile_huber_loss(predicted, taus, target, cfg.kappa)
+    else:
+        loss = losses.scalar_loss(predicted[:, 0], target[:, 0], cfg.loss)
+    return loss, expected_q(parts, outputs)
+
+
+def loss_fn(parts: Parts, params, target_params, window, weights: Array, key: Array):
+    per_sample, q = member_loss(parts, params, target_params, window, key)
+    # windows whose truncated final observation was overwritten (replay.Window.valid) count 0
+    weights = weights * window.valid
+    loss = jnp.sum(weights * per_sample) / jnp.maximum(jnp.sum(window.valid), 1)
+    taken = jnp.take_along_axis(q, window.action[:, None], axis=-1)[:, 0]
+    metrics = {"losses/td_loss": loss, "losses/q_values": taken.mean()}
+    return loss, (metrics, per_sample)
+
+
+class Learner(NamedTuple):
+    """What the gradient steps carry (the buffer is closed over, so the scan never copies it)."""
+
+    params: Any
+    target_params: Any
+    opt_state: Any
+    priorities: prioritized.Priorities
+    count: Array
+
+
+def sample_batch(parts: Parts, buffer, priorities, key: Array, beta: Array):
+    """Window starts ``(rows, envs)``, their leaves and importance weights ``[B]``."""
+    cfg = parts.cfg
+    if not cfg.prioritized:
+        rows, envs = replay.sample_uniform(buffer, key, cfg.batch_size, cfg.n_step)
+        return rows, envs, None, jnp.ones((cfg.batch_size,), jnp.float32)
+    leaves, probabilities = prioritized.sample(priorities, key, cfg.batch_size)
+    rows, envs = leaves // buffer.num_envs, leaves % buffer.num_envs
+    weights = prioritized.importance_weights(
+        probabilities, replay.num_valid(buffer, cfg.n_step), beta
+    )
+    return rows, envs, leaves, weights
+
+
+def gradient_step(parts: Parts, buffer, beta: Array, learner: Learner, key: Array):
+    """One Adam step on a sampled batch; with prioritized replay, the batch's priorities are
+    set from its losses (Schaul et al. 2016; for distributional members the loss itself, as
+    Rainbow does)."""
+    cfg = parts.cfg
+    sample_key, loss_key = jax.random.split(key)
+    rows, envs, leaves, weights = sample_batch(parts, buffer, learner.priorities, sample_key, beta)
+    window = replay.read_windows(buffer, rows, envs, cfg.n_step)
+    grad_fn = jax.grad(functools.partial(loss_fn, parts), has_aux=True)
+    grads, (metrics, per_sample) = grad_fn(
+        learner.params, learner.target_params, window, weights, loss_key
+    )
+    updates, opt_state = parts.optimizer.update(grads, learner.opt_state, learner.params)
+    params = optax.apply_updates(learner.params, updates)
+    priorities = learner.priorities
+    if cfg.prioritized:
+        # a window that lost its final observation keeps the smallest priority, not its loss
+        signal = jnp.where(window.valid, jnp.abs(per_sample), 0.0)
+        new = prioritized.priority(signal, cfg.priority_alpha, cfg.priority_epsilon)
+        priorities = prioritized.update(priorities, leaves, new)
+    metrics["train/lost_windows"] = jnp.sum(~window.valid).astype(jnp.float32)
+    learner = Learner(params, learner.target_params, opt_state, priorities, learner.count + 1)
+    return learner, metrics
+
+
+def refresh_target(cfg, params, target_params, steps_before: Array, steps_after: Array):
+    """Stable-Baselines3's target updates in env steps: one Polyak update per multiple of
+    ``target_update_interval`` crossed, all with the same online parameters (the online network
+    does not change while envs step): target <- online + (1 - tau)^k (target - online)."""
+    interval = cfg.target_update_interval
+    crossings = steps_after // interval - steps_before // interval
+    keep = (1.0 - cfg.tau) ** crossings.astype(jnp.float32)
+    polyak = lambda on, tg: jnp.where(crossings > 0, on + keep * (tg - on), tg)
+    return jax.tree.map(polyak, params, target_params)
+
+
+def insert(parts: Parts, state: DQNState, rollout: Rollout) -> DQNState:
+    """The rollout into the buffer; with prioritized replay, newly valid window starts at the
+    highest priority so far and newly invalid ones at 0."""
+    buffer = replay.add(
+        state.buffer,
+        rollout.obs,
+        rollout.next_obs,
+        rollout.action.astype(jnp.int32),
+        rollout.reward,
+        rollout.terminated,
+        rollout.truncated,
+        action_mask=rollout.action_mask,
+    )
+    priorities = state.priorities
+    if parts.cfg.prioritized:
+        priorities = prioritized.refresh(
+            priorities, buffer, rollout.reward.shape[0], parts.cfg.n_step
+        )
+    return state.replace(buffer=buffer, priorities=priorities)
 
 
 def learn(parts: Parts, state: DQNState, rollout: Rollout, key: Array) -> tuple[DQNState, Metrics]:
-    """Insert the ``[T, N]`` rollout, then ``gradient_steps`` updates once warm."""
+    """Insert the ``[T, N]`` rollout, update the target, then ``gradient_steps`` updates once
+    ``learning_starts`` env steps are stored."""
     cfg = parts.cfg
-    steps = {
-        "obs": rollout.obs,
-        "action": rollout.action.astype(jnp.int32),
-        "reward": rollout.reward,
-        "terminated": rollout.terminated,
-        "truncated": rollout.truncated,
-        "next_obs": rollout.next_obs,
-    }
-    state = state.replace(
-        buffer=replay.add(state.buffer, steps), env_steps=state.env_steps + rollout.reward.size
+    steps_before = state.env_steps
+    state = insert(parts, state, rollout)
+    state = state.replace(env_steps=state.env_steps + rollout.reward.size)
+    target_params = refresh_target(
+        cfg, state.params, state.target_params, steps_before, state.env_steps
     )
+    progress = jnp.minimum(state.env_steps / parts.total_steps, 1.0)
+    beta = cfg.priority_beta_start + progress * (cfg.priority_beta_end - cfg.priority_beta_start)
 
     def train(learner):
-        step = lambda carry, k: gradient_step(parts, state.buffer, carry, k)
+        step = lambda carry, k: gradient_step(parts, state.buffer, beta, carry, k)
         learner, metrics = jax.lax.scan(step, learner, jax.random.split(key, cfg.gradient_steps))
         return learner, jax.tree.map(jnp.mean, metrics)
 
     def skip(learner):
         zero = jnp.float32(0.0)
-        return learner, {"losses/td_loss": zero, "losses/q_values": zero}
+        return learner, {
+            "losses/td_loss": zero,
+            "losses/q_values": zero,
+            "train/lost_windows": zero,
+        }
 
-    learner = (state.params, state.target_params, state.opt_state, state.gradient_steps)
-    learner, metrics = jax.lax.cond(state.buffer.size >= parts.start_rows, train, skip, learner)
-    params, target_params, opt_state, count = learner
-    state = state.replace(
-        params=params, target_params=target_params, opt_state=opt_state, gradient_steps=count
+    learner = Learner(
+        state.params, target_params, state.opt_state, state.priorities, state.gradient_steps
     )
-    metrics["train/epsilon"] = epsilon_schedule(state.env_steps, cfg, parts.total_steps)
+    warm = (state.env_steps >= cfg.learning_starts) & (
+        replay.num_valid(state.buffer, cfg.n_step) > 0
+    )
+    learner, metrics = jax.lax.cond(warm, train, skip, learner)
+    state = state.replace(
+        params=learner.params,
+        target_params=learner.target_params,
+        opt_state=learner.opt_state,
+        priorities=learner.priorities,
+        gradient_steps=learner.count,
+    )
+    metrics["train/epsilon"] = losses.epsilon_schedule(state.env_steps, cfg, parts.total_steps)
     metrics["train/replay_size"] = state.buffer.size * parts.spec.num_envs
+    if cfg.prioritized:
+        metrics["train/priority_beta"] = beta
     return state, metrics

@@ -1,5 +1,8 @@
-"""DQN's kernels as pure functions: the exploration schedule, TD targets (DQN, Double DQN,
-n-step) and the TD loss. Tested against hand-computed values."""
+"""The value-based family's kernels as pure functions: the exploration schedule, n-step
+bootstrapping, and the TD losses of each member (scalar, C51's categorical projection,
+QR-DQN's and IQN's quantile Huber, Munchausen's regularised target). Each loss returns one
+value per sample, ``[B]``, so the learner can weight it (prioritized replay) and take the
+priorities from it. Tested against hand-computed values in tests/test_value_losses.py."""
 
 from __future__ import annotations
 
@@ -7,47 +10,112 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fleetrl.returns import n_step_target
 from fleetrl.types import Array
 
 
 def epsilon_schedule(env_steps: Array, cfg, total_steps: int) -> Array:
     """Exploration rate after ``env_steps`` (a scalar): linear from ``epsilon_start`` to
     ``epsilon_end`` over the first ``exploration_fraction * total_steps`` env steps (at least
-    one), then constant. Returns a scalar."""
+    one), then constant; 0 with noisy nets, which explore by their noise. Returns a scalar."""
+    if cfg.noisy:
+        return jnp.float32(0.0)
     decay_steps = max(1.0, cfg.exploration_fraction * total_steps)
     fraction = jnp.minimum(env_steps / decay_steps, 1.0)
     return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
 
 
-def td_target(
-    next_q_online: Array,
-    next_q_target: Array,
-    reward: Array,
-    terminated: Array,
-    truncated: Array,
-    gamma: float,
-    double_q: bool,
-) -> Array:
-    """TD target for Q(obs[t], action[t]) from ``n`` consecutive steps of one env (n = 1: DQN).
+def n_step_bootstrap(
+    reward: Array, terminated: Array, truncated: Array, gamma: float
+) -> tuple[Array, Array]:
+    """The reward part and the bootstrap discount of an n-step target.
 
-    Args: ``next_q_online, next_q_target``: ``[n, B, A]``, Q(next_obs[t + k], .) under the
-    online and the target network (``next_q_online`` is read only when ``double_q``);
-    ``reward, terminated, truncated``: ``[n, B]``. The bootstrap action is the target network's
-    argmax (Mnih et al. 2015) or, with ``double_q``, the online network's (van Hasselt et al.
-    2016, eq. 4); its value always comes from the target network. Rewards are summed up to the
-    first episode end and bootstrap from the state that step reached unless it was terminal, so
-    a truncated step still bootstraps (``returns.n_step_target``). Returns ``[B]``, with the
-    gradient stopped.
+    Args: ``reward, terminated, truncated``: ``[n, B]``, steps ``t .. t+n-1`` of one env. The
+    window stops at its first episode end (or after n steps): step k* = that end, else n - 1.
+    Returns ``(partial_return [B], discount [B])`` with partial_return = sum_{k <= k*} gamma^k
+    r_k and discount = gamma^(k*+1), or 0 where step k* terminated. A truncated step keeps its
+    discount: it bootstraps from the observation it reached (``replay.Window.next_obs``).
     """
-    next_action = jnp.argmax(next_q_online if double_q else next_q_target, axis=-1)
-    next_value = jnp.take_along_axis(next_q_target, next_action[..., None], axis=-1)[..., 0]
-    target = n_step_target(reward, terminated, truncated, next_value, gamma)
-    return jax.lax.stop_gradient(target)
+    n = reward.shape[0]
+    done = terminated | truncated
+    ended_before = jnp.cumsum(done.astype(jnp.int32), axis=0) - done.astype(jnp.int32)
+    alive = (ended_before == 0).astype(reward.dtype)
+    powers = gamma ** jnp.arange(n, dtype=reward.dtype)[:, None]
+    partial_return = jnp.sum(alive * powers * reward, axis=0)
+    last = jnp.where(done.any(axis=0), jnp.argmax(done, axis=0), n - 1)
+    ended = jnp.take_along_axis(terminated, last[None], axis=0)[0]
+    discount = jnp.where(ended, 0.0, gamma ** (last + 1).astype(reward.dtype))
+    return partial_return, discount
 
 
-def td_loss(error: Array, kind: str) -> Array:
-    """Mean Huber (delta 1, as in Mnih et al. 2015) or squared TD error over ``error[B]``."""
+def scalar_loss(q_taken: Array, target: Array, kind: str) -> Array:
+    """Huber (delta 1, as in Mnih et al. 2015) or half squared TD error, ``[B]`` each."""
+    error = q_taken - jax.lax.stop_gradient(target)
     if kind == "huber":
-        return jnp.mean(optax.huber_loss(error, delta=1.0))
-    return jnp.mean(0.5 * error**2)
+        return optax.huber_loss(error, delta=1.0)
+    return 0.5 * error**2
+
+
+def categorical_projection(
+    atoms: Array, next_probs: Array, partial_return: Array, discount: Array
+) -> Array:
+    """C51's target distribution (Bellemare et al. 2017, Algorithm 1).
+
+    The next state's distribution ``next_probs [B, K]`` on ``atoms [K]`` is moved to
+    ``partial_return + discount * atoms``, clipped to [v_min, v_max], and each moved atom's mass
+    split between its two neighbours on the fixed support, in proportion to closeness (written
+    as a triangle kernel, which also covers a moved atom landing exactly on an atom).
+    Returns ``[B, K]``, summing to 1, with the gradient stopped.
+    """
+    moved = partial_return[:, None] + discount[:, None] * atoms[None, :]
+    moved = jnp.clip(moved, atoms[0], atoms[-1])
+    spacing = atoms[1] - atoms[0]
+    # weight[b, i, j]: share of moved atom i that lands on fixed atom j
+    weight = jnp.clip(1.0 - jnp.abs(moved[:, :, None] - atoms[None, None, :]) / spacing, 0, 1)
+    return jax.lax.stop_gradient(jnp.einsum("bi,bij->bj", next_probs, weight))
+
+
+def categorical_loss(logits: Array, target_probs: Array) -> Array:
+    """Cross-entropy of the predicted ``logits [B, K]`` against ``target_probs [B, K]``, ``[B]``
+    (its gradient is the KL divergence's; Rainbow's priorities are this value)."""
+    return -jnp.sum(target_probs * jax.nn.log_softmax(logits, axis=-1), axis=-1)
+
+
+def quantile_huber_loss(quantiles: Array, taus: Array, targets: Array, kappa: float) -> Array:
+    """Quantile Huber loss (Dabney et al. 2018a eq. 10; 2018b eq. 3), ``[B]``.
+
+    ``quantiles [B, N]`` at fractions ``taus [B, N]`` against target samples ``targets [B, M]``:
+    sum over i of the mean over j of |tau_i - 1{delta_ij < 0}| * Huber_kappa(delta_ij) / kappa,
+    with delta_ij = target_j - quantile_i.
+    """
+    delta = jax.lax.stop_gradient(targets)[:, None, :] - quantiles[:, :, None]  # [B, N, M]
+    huber = optax.huber_loss(delta, delta=kappa) / kappa
+    weight = jnp.abs(taus[:, :, None] - (delta < 0).astype(delta.dtype))
+    return jnp.sum(jnp.mean(weight * huber, axis=2), axis=1)
+
+
+def munchausen_target(
+    q_obs: Array,
+    action: Array,
+    next_q: Array,
+    next_outputs: Array,
+    reward: Array,
+    discount: Array,
+    cfg,
+) -> Array:
+    """Munchausen-DQN's target (Vieillard et al. 2020, eq. 4), per output ``[B, K]``.
+
+    ``q_obs [B, A]`` and ``next_q [B, A]``: the target network's expected Q at obs and next obs;
+    ``next_outputs [B, A, K]``: its outputs at next obs (K = 1 for scalar Q, quantiles for
+    M-IQN). pi = softmax(q / tau); the target is
+    r + alpha * clip(tau log pi(a|s), l0, 0) + discount * sum_a' pi(a'|s') (out(s', a') - tau
+    log pi(a'|s')). ``tau log pi`` is computed as q - tau logsumexp(q / tau), stable for small tau.
+    """
+    tau = cfg.munchausen_tau
+    tau_log_pi = q_obs - tau * jax.nn.logsumexp(q_obs / tau, axis=-1, keepdims=True)
+    taken = jnp.take_along_axis(tau_log_pi, action[:, None], axis=-1)[:, 0]
+    bonus = cfg.munchausen_alpha * jnp.clip(taken, cfg.munchausen_clip, 0.0)
+    next_tau_log_pi = next_q - tau * jax.nn.logsumexp(next_q / tau, axis=-1, keepdims=True)
+    next_pi = jax.nn.softmax(next_q / tau, axis=-1)
+    soft = jnp.sum(next_pi[..., None] * (next_outputs - next_tau_log_pi[..., None]), axis=1)
+    target = (reward + bonus)[:, None] + discount[:, None] * soft
+    return jax.lax.stop_gradient(target)
