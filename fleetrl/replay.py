@@ -122,6 +122,8 @@ class Window(NamedTuple):
     next_action_mask: Array | None = None
     """``[B, A]`` bool: the legal actions in ``next_obs`` (buffers with action masks; else
     None). All True at a truncated step's final observation, whose mask no env reports."""
+    action_mask: Array | None = None
+    """``[B, A]`` bool: the legal actions in ``obs`` (buffers with action masks; else None)."""
 
 
 def create(
@@ -340,6 +342,7 @@ def read_windows(buffer: ReplayBuffer, rows: Array, envs: Array, n: int) -> Wind
         next_obs=jnp.moveaxis(next_obs, 0, 1) if buffer.frame_stack else next_obs[0],
         valid=valid_start(buffer, rows, n) & (~cut | stored),
         next_action_mask=next_mask,
+        action_mask=None if buffer.action_mask is None else buffer.action_mask[rows, envs],
     )
 
 

@@ -40,8 +40,6 @@ SLOW_SMOKE = {
     "dqn-breakout",
     "rainbow-breakout",
     # combinations the contract test runs by default (tests/test_contract.py)
-    "rainbow-iqn-cartpole",
-    "m-iqn-cartpole",
     "qr-dqn-cartpole",
     "rainbow-breakout-minatar",
 }

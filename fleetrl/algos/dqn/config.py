@@ -26,6 +26,8 @@ class Config:
     """Adam's epsilon (Rainbow and IQN: 1.5e-4 / 0.01 / batch_size; Dopamine uses 3.125e-4)."""
     gamma: float = 0.99
     """Discount factor."""
+    clip_rewards: bool = False
+    """Learn from the sign of each reward (Mnih et al. 2015, Atari); returns are logged raw."""
     buffer_size: int = 100_000
     """Replay capacity in transitions (split evenly over the envs)."""
     batch_size: int = 64

@@ -164,7 +164,9 @@ def _take(outputs: Array, action: Array) -> Array:
 
 
 def member_loss(parts: Parts, params, target_params, window: replay.Window, key: Array):
-    """Per-sample loss ``[B]`` of the member the config names, and the predicted Q ``[B]``."""
+    """Per-sample loss ``[B]`` of the member the config names, the expected Q ``[B, A]`` at
+    obs, and the priority signal ``[B]``: |TD error| for scalar Q (Schaul et al. 2016), the
+    loss itself for distributional members (Rainbow's cross-entropy; the quantile loss)."""
     cfg = parts.cfg
     online_key, target_key, next_key, obs_key = jax.random.split(key, 4)
     outputs, taus = forward(parts, params, window.obs, online_key, cfg.num_tau_samples, True)
@@ -179,7 +181,8 @@ def member_loss(parts: Parts, params, target_params, window: replay.Window, key:
     if cfg.munchausen:
         at_obs, _ = forward(parts, target_params, window.obs, obs_key, cfg.num_tau_samples, True)
         target = losses.munchausen_target(
-            expected_q(parts, at_obs), window.action, next_q_target, next_target,
+            D.mask_logits(expected_q(parts, at_obs), window.action_mask), window.action,
+            next_q_target, next_target,
             partial_return, discount, cfg,
         )  # fmt: skip
     else:
@@ -194,23 +197,24 @@ def member_loss(parts: Parts, params, target_params, window: replay.Window, key:
             target = losses.categorical_projection(
                 support(cfg), jax.nn.softmax(next_outputs, -1), partial_return, discount
             )
-            return losses.categorical_loss(predicted, target), expected_q(parts, outputs)
+            loss = losses.categorical_loss(predicted, target)
+            return loss, expected_q(parts, outputs), loss
         target = partial_return[:, None] + discount[:, None] * next_outputs
     if cfg.distributional in ("qr", "iqn"):
         loss = losses.quantile_huber_loss(predicted, taus, target, cfg.kappa)
-    else:
-        loss = losses.scalar_loss(predicted[:, 0], target[:, 0], cfg.loss)
-    return loss, expected_q(parts, outputs)
+        return loss, expected_q(parts, outputs), loss
+    loss = losses.scalar_loss(predicted[:, 0], target[:, 0], cfg.loss)
+    return loss, expected_q(parts, outputs), jnp.abs(predicted[:, 0] - target[:, 0])
 
 
 def loss_fn(parts: Parts, params, target_params, window, weights: Array, key: Array):
-    per_sample, q = member_loss(parts, params, target_params, window, key)
+    per_sample, q, signal = member_loss(parts, params, target_params, window, key)
     # windows whose truncated final observation was overwritten (replay.Window.valid) count 0
     weights = weights * window.valid
     loss = jnp.sum(weights * per_sample) / jnp.maximum(jnp.sum(window.valid), 1)
     taken = jnp.take_along_axis(q, window.action[:, None], axis=-1)[:, 0]
     metrics = {"losses/td_loss": loss, "losses/q_values": taken.mean()}
-    return loss, (metrics, per_sample)
+    return loss, (metrics, jax.lax.stop_gradient(signal))
 
 
 class Learner(NamedTuple):
@@ -246,7 +250,7 @@ def gradient_step(parts: Parts, buffer, beta: Array, learner: Learner, key: Arra
     rows, envs, leaves, weights = sample_batch(parts, buffer, learner.priorities, sample_key, beta)
     window = replay.read_windows(buffer, rows, envs, cfg.n_step)
     grad_fn = jax.grad(functools.partial(loss_fn, parts), has_aux=True)
-    grads, (metrics, per_sample) = grad_fn(
+    grads, (metrics, signal) = grad_fn(
         learner.params, learner.target_params, window, weights, loss_key
     )
     updates, opt_state = parts.optimizer.update(grads, learner.opt_state, learner.params)
@@ -254,7 +258,7 @@ def gradient_step(parts: Parts, buffer, beta: Array, learner: Learner, key: Arra
     priorities = learner.priorities
     if cfg.prioritized:
         # a window that lost its final observation keeps the smallest priority, not its loss
-        signal = jnp.where(window.valid, jnp.abs(per_sample), 0.0)
+        signal = jnp.where(window.valid, signal, 0.0)
         new = prioritized.priority(signal, cfg.priority_alpha, cfg.priority_epsilon)
         priorities = prioritized.update(priorities, leaves, new)
     metrics["train/lost_windows"] = jnp.sum(~window.valid).astype(jnp.float32)
@@ -276,12 +280,15 @@ def refresh_target(cfg, params, target_params, steps_before: Array, steps_after:
 def insert(parts: Parts, state: DQNState, rollout: Rollout) -> DQNState:
     """The rollout into the buffer; with prioritized replay, newly valid window starts at the
     highest priority so far and newly invalid ones at 0."""
+    reward = rollout.reward
+    if parts.cfg.clip_rewards:  # stored clipped, as Dopamine's agents do; logs keep raw returns
+        reward = jnp.sign(reward)
     buffer = replay.add(
         state.buffer,
         rollout.obs,
         rollout.next_obs,
         rollout.action.astype(jnp.int32),
-        rollout.reward,
+        reward,
         rollout.terminated,
         rollout.truncated,
         action_mask=rollout.action_mask,

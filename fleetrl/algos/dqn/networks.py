@@ -93,12 +93,17 @@ class PatchConv(nn.Module):
 
 class MinAtarCNN(nn.Module):
     """MinAtar's DQN torso (Young & Tian 2019): one conv of 16 3x3 filters, stride 1, ReLU, on
-    ``[B, 10, 10, C]`` observations (channels last, as gymnax gives them)."""
+    ``[B, 10, 10, C]`` observations (channels last, as gymnax gives them); ``layer_norm``:
+    normalised before the ReLU, as purejaxql's PQN does."""
+
+    layer_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = nn.relu(PatchConv(16, 3, name="Conv_0")(x))  # the parameter names of nn.Conv
-        return x.reshape((x.shape[0], -1))
+        x = PatchConv(16, 3, name="Conv_0")(x)  # the parameter names of nn.Conv
+        if self.layer_norm:
+            x = nn.LayerNorm()(x)
+        return nn.relu(x).reshape((x.shape[0], -1))
 
 
 class QNetwork(nn.Module):
@@ -124,7 +129,7 @@ class QNetwork(nn.Module):
         if self.network == "nature_cnn":
             x = NatureConvs()(obs)
         elif self.network == "minatar_cnn":
-            x = MinAtarCNN()(x)
+            x = MinAtarCNN(self.layer_norm)(x)
         x = x.reshape((x.shape[0], -1))
         *first, last = self.hidden_sizes
         for size in first:
