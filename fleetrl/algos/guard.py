@@ -84,9 +84,26 @@ def upgrade_checkpoint(saved: Any, expected: Any) -> Any:
       carry's ``actor_state`` of a feed-forward actor and ``action_mask`` of an env without
       masks; the actor-critic state's ``pending`` outside REINFORCE) are added empty.
 
+    - from before issue 13, a value-based state had no ``priorities`` (uniform replay: an
+      unused one-leaf tree is added) and its replay stored ``{data: {obs, next_obs, ...},
+      position, size}``; the rows carry over, and the truncation side ring starts empty (a
+      window that ends in a truncation stored before the upgrade reads back invalid, weight 0,
+      until the ring refills).
+
     Anything else is returned as it is."""
     if not isinstance(saved, dict) or not isinstance(expected, dict):
         return saved
+    if set(saved) == {"data", "position", "size"} and "final_step" in expected:
+        return _upgrade_replay(saved, expected)
+    if "priorities" in expected and "priorities" not in saved and "buffer" in saved:
+        like = expected["priorities"]
+        tree, top = like["tree"], like["max_priority"]
+        saved = saved | {
+            "priorities": {
+                "tree": np.zeros(np.shape(tree), tree.dtype),
+                "max_priority": np.ones(np.shape(top), top.dtype),
+            }
+        }
     empty = {
         k: v
         for k, v in expected.items()
@@ -100,3 +117,19 @@ def upgrade_checkpoint(saved: Any, expected: Any) -> Any:
             inner = upgrade_checkpoint(saved["1"], expected["inner"])
             return {"inner": inner, "streak": zeros, "skipped": zeros.copy()}
     return {k: upgrade_checkpoint(v, expected[k]) if k in expected else v for k, v in saved.items()}
+
+
+def _upgrade_replay(saved: dict, expected: dict) -> dict:
+    """The replay of issue 12's DQN (fields ``[seeds?, C, N, ...]``) in today's layout."""
+    data = saved["data"]
+    like = lambda name, fill=0: np.full(np.shape(expected[name]), fill, expected[name].dtype)
+    upgraded = {name: None if like_ is None else like(name) for name, like_ in expected.items()}
+    for name in ("obs", "action", "reward", "terminated", "truncated"):
+        upgraded[name] = np.asarray(data[name]).astype(expected[name].dtype)
+    upgraded["final_step"] = like("final_step", -1)  # the side ring starts empty
+    capacity = np.shape(data["reward"])[-2]
+    size, position = np.asarray(saved["size"]), np.asarray(saved["position"])
+    # rows written so far, modulo what the ring forgot: what locates the oldest row
+    steps = np.where(size < capacity, size, capacity + position)
+    upgraded["steps"] = steps.astype(expected["steps"].dtype)
+    return upgraded

@@ -61,8 +61,9 @@ class Config:
     activation: Literal["tanh", "relu", "elu", "gelu"] = "relu"
     """Hidden activation."""
     network: Literal["mlp", "nature_cnn", "minatar_cnn"] = "mlp"
-    """mlp: vector observations; nature_cnn: the Nature-DQN torso for stacked uint8 frames
-    [C, 84, 84] (Atari); minatar_cnn: MinAtar's DQN torso, one 16x3x3 conv, for [10, 10, C]."""
+    """mlp: vector observations; nature_cnn: the Nature-DQN convolutions for stacked uint8
+    frames [C, 84, 84] (Atari; its dense 512 layer is ``hidden_sizes: [512]``); minatar_cnn:
+    MinAtar's DQN torso, one 16x3x3 conv, for [10, 10, C]."""
     layer_norm: bool = False
     """LayerNorm before each hidden activation (PQN's stabiliser, Gallici et al. 2024)."""
     dueling: bool = False
