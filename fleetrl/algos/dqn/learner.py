@@ -147,15 +147,10 @@ def act(parts: Parts, ap, actor_state, obs: Array, key: Array, explore: bool = T
     net_key, explore_key, action_key = jax.random.split(key, 3)
     outputs, _ = forward(parts, ap["params"], obs, net_key, parts.cfg.num_quantile_samples, explore)
     q = D.mask_logits(expected_q(parts, outputs), mask)
-    greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
     if not explore:
-        return greedy, actor_state, {}
-    if mask is None:
-        random_action = jax.random.randint(action_key, greedy.shape, 0, parts.spec.num_actions)
-    else:  # uniform over the legal actions
-        random_action = D.categorical_sample(D.mask_logits(jnp.zeros_like(q), mask), action_key)
-    take_random = jax.random.uniform(explore_key, greedy.shape) < ap["epsilon"]
-    return jnp.where(take_random, random_action, greedy), actor_state, {}
+        return jnp.argmax(q, axis=-1).astype(jnp.int32), actor_state, {}
+    action = losses.epsilon_greedy(q, ap["epsilon"], explore_key, action_key, mask)
+    return action, actor_state, {}
 
 
 def _take(outputs: Array, action: Array) -> Array:

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from fleetrl import distributions as D
 from fleetrl.types import Array
 
 
@@ -17,11 +18,25 @@ def epsilon_schedule(env_steps: Array, cfg, total_steps: int) -> Array:
     """Exploration rate after ``env_steps`` (a scalar): linear from ``epsilon_start`` to
     ``epsilon_end`` over the first ``exploration_fraction * total_steps`` env steps (at least
     one), then constant; 0 with noisy nets, which explore by their noise. Returns a scalar."""
-    if cfg.noisy:
+    if getattr(cfg, "noisy", False):  # PQN's config has no noisy layers
         return jnp.float32(0.0)
     decay_steps = max(1.0, cfg.exploration_fraction * total_steps)
     fraction = jnp.minimum(env_steps / decay_steps, 1.0)
     return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
+
+
+def epsilon_greedy(
+    q: Array, epsilon: Array, explore_key: Array, action_key: Array, mask: Array | None
+) -> Array:
+    """``[N]`` actions: argmax of ``q [N, A]`` (already masked), or with probability
+    ``epsilon`` an action drawn uniformly among the legal ones (``mask [N, A]``; None: all)."""
+    greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
+    if mask is None:
+        random_action = jax.random.randint(action_key, greedy.shape, 0, q.shape[-1])
+    else:
+        random_action = D.categorical_sample(D.mask_logits(jnp.zeros_like(q), mask), action_key)
+    take_random = jax.random.uniform(explore_key, greedy.shape) < epsilon
+    return jnp.where(take_random, random_action, greedy)
 
 
 def n_step_bootstrap(

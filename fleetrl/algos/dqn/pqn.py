@@ -29,6 +29,7 @@ from flax import struct
 
 from fleetrl import distributions as D
 from fleetrl.algos import guard
+from fleetrl.algos.dqn import losses
 from fleetrl.algos.dqn.networks import QNetwork, q_values
 from fleetrl.algos.guard import clip_or_skip
 from fleetrl.config import ConfigError, require
@@ -197,18 +198,10 @@ def health(state: PQNState) -> Health:
     return guard.health(state.params, state.opt_state)
 
 
-def epsilon(parts: Parts, env_steps: Array) -> Array:
-    """Exploration rate after ``env_steps``: linear from epsilon_start to epsilon_end over the
-    first exploration_fraction of train.total_steps, then constant. A scalar."""
-    cfg = parts.cfg
-    decay_steps = max(1.0, cfg.exploration_fraction * parts.total_steps)
-    fraction = jnp.minimum(env_steps / decay_steps, 1.0)
-    return cfg.epsilon_start + fraction * (cfg.epsilon_end - cfg.epsilon_start)
-
-
 def actor_params(parts: Parts, state: PQNState) -> dict[str, Any]:
     """The Q-network's parameters and the exploration rate now."""
-    return {"params": state.params, "epsilon": epsilon(parts, state.env_steps)}
+    epsilon = losses.epsilon_schedule(state.env_steps, parts.cfg, parts.total_steps)
+    return {"params": state.params, "epsilon": epsilon}
 
 
 def q_of(parts: Parts, params, obs: Array) -> Array:
@@ -220,16 +213,11 @@ def act(parts: Parts, ap, actor_state, obs: Array, key: Array, explore: bool = T
     """Epsilon-greedy over the legal actions (``mask [N, A]`` or None); greedy without
     ``explore``. Returns ``(action [N], actor_state, {})``."""
     q = D.mask_logits(q_of(parts, ap["params"], obs), mask)
-    greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
     if not explore:
-        return greedy, actor_state, {}
+        return jnp.argmax(q, axis=-1).astype(jnp.int32), actor_state, {}
     explore_key, action_key = jax.random.split(key)
-    if mask is None:
-        random_action = jax.random.randint(action_key, greedy.shape, 0, parts.spec.num_actions)
-    else:  # uniform over the legal actions
-        random_action = D.categorical_sample(D.mask_logits(jnp.zeros_like(q), mask), action_key)
-    take_random = jax.random.uniform(explore_key, greedy.shape) < ap["epsilon"]
-    return jnp.where(take_random, random_action, greedy), actor_state, {}
+    action = losses.epsilon_greedy(q, ap["epsilon"], explore_key, action_key, mask)
+    return action, actor_state, {}
 
 
 def next_action_mask(rollout: Rollout) -> Array | None:
@@ -320,7 +308,9 @@ def learn(parts: Parts, state: PQNState, rollout: Rollout, key: Array) -> tuple[
     steps_per_update = cfg.num_epochs * cfg.num_minibatches
     metrics["losses/target"] = jnp.mean(batch["target"])
     metrics["train/learning_rate"] = parts.learning_rate(state.iteration * steps_per_update)
-    metrics["train/epsilon"] = epsilon(parts, state.env_steps)
+    metrics["train/epsilon"] = losses.epsilon_schedule(
+        state.env_steps, parts.cfg, parts.total_steps
+    )
     new_state = PQNState(
         params, opt_state, state.env_steps + rollout.reward.size, state.iteration + 1
     )
