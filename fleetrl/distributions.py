@@ -66,3 +66,34 @@ def mask_logits(logits: Array, mask: Array | None) -> Array:
     if mask is None:
         return logits
     return jnp.where(mask, logits, jnp.asarray(MASKED_LOGIT, logits.dtype))
+
+
+# ---- tanh-squashed Gaussian (SAC, Haarnoja et al. 2018, appendix C) ---------------------------
+
+_LOG2 = math.log(2.0)
+
+
+def tanh_log_det(pre_tanh: Array) -> Array:
+    """``sum log(1 - tanh(u)^2)`` over the action axis, computed as ``2 (log 2 - u -
+    softplus(-2u))``: the same quantity without ``log(0)`` where ``|u|`` is large (1 - tanh(u)^2
+    underflows to 0 in float32 from |u| ~ 9)."""
+    return jnp.sum(2.0 * (_LOG2 - pre_tanh - jax.nn.softplus(-2.0 * pre_tanh)), axis=-1)
+
+
+def squashed_normal_sample(mean: Array, log_std: Array, key: Array) -> tuple[Array, Array]:
+    """A reparameterised draw ``a = tanh(u)``, ``u ~ N(mean, exp(log_std))``, in ``(-1, 1)``, and
+    its log density ``log N(u) - sum log(1 - tanh(u)^2)`` (change of variables), summed over the
+    action axis. Gradients flow to ``mean`` and ``log_std`` through both."""
+    pre_tanh = normal_sample(mean, log_std, key)
+    return jnp.tanh(pre_tanh), normal_log_prob(mean, log_std, pre_tanh) - tanh_log_det(pre_tanh)
+
+
+def squashed_normal_log_prob(mean: Array, log_std: Array, pre_tanh: Array) -> Array:
+    """Log density of ``tanh(pre_tanh)`` under the squashed Gaussian. Takes the pre-tanh value:
+    inverting tanh at a stored action near +-1 is ill-conditioned (atanh(1) = inf)."""
+    return normal_log_prob(mean, log_std, pre_tanh) - tanh_log_det(pre_tanh)
+
+
+def squashed_normal_mode(mean: Array) -> Array:
+    """The deterministic action: ``tanh(mean)`` (what SAC evaluates with)."""
+    return jnp.tanh(mean)

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fleetrl import aot, xla_cpu
+from fleetrl import aot, seeds, xla_cpu
 from fleetrl.config import SHAPES_PROGRAMS, RunConfig, dump_yaml, not_learned, with_defaults
 from fleetrl.evaluate import make_evaluate
 from fleetrl.interrupts import CallWatchdog
@@ -257,7 +257,7 @@ def over_seeds(fn):
 
     def apply(*args):
         num_seeds = jax.tree.leaves(args)[0].shape[0]
-        return (one_seed if num_seeds == 1 else jax.vmap(fn))(*args)
+        return (one_seed if num_seeds == 1 else jax.vmap(fn, axis_name=seeds.AXIS))(*args)
 
     return apply
 

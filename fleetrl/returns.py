@@ -1,4 +1,5 @@
-"""Return estimators: GAE, n-step targets, Monte-Carlo and Q(lambda) returns. One kernel per
+"""Return estimators: GAE, n-step targets, Monte-Carlo and Q(lambda) returns, and the n-step
+bootstrap of a replayed window (value-based and continuous off-policy families). One kernel per
 concept; tested against references.
 
 Conventions: time-major ``[T, N]`` arrays. ``terminated[t]`` means the step ``t`` reached a
@@ -145,3 +146,26 @@ def q_lambda_returns(
         backward, next_value[-1], (reward, not_terminal, carry_on, next_value), reverse=True
     )
     return returns
+
+
+def n_step_bootstrap(
+    reward: Array, terminated: Array, truncated: Array, gamma: float
+) -> tuple[Array, Array]:
+    """The reward part and the bootstrap discount of an n-step target.
+
+    Args: ``reward, terminated, truncated``: ``[n, B]``, steps ``t .. t+n-1`` of one env. The
+    window stops at its first episode end (or after n steps): step k* = that end, else n - 1.
+    Returns ``(partial_return [B], discount [B])`` with partial_return = sum_{k <= k*} gamma^k
+    r_k and discount = gamma^(k*+1), or 0 where step k* terminated. A truncated step keeps its
+    discount: it bootstraps from the observation it reached (``replay.Window.next_obs``).
+    """
+    n = reward.shape[0]
+    done = terminated | truncated
+    ended_before = jnp.cumsum(done.astype(jnp.int32), axis=0) - done.astype(jnp.int32)
+    alive = (ended_before == 0).astype(reward.dtype)
+    powers = gamma ** jnp.arange(n, dtype=reward.dtype)[:, None]
+    partial_return = jnp.sum(alive * powers * reward, axis=0)
+    last = jnp.where(done.any(axis=0), jnp.argmax(done, axis=0), n - 1)
+    ended = jnp.take_along_axis(terminated, last[None], axis=0)[0]
+    discount = jnp.where(ended, 0.0, gamma ** (last + 1).astype(reward.dtype))
+    return partial_return, discount

@@ -35,6 +35,9 @@ PRESETS = [
     "reinforce-cartpole",
     "ppo-gru-memorychain",
     "ppo-lstm-cartpole-novel",
+    "sac-pendulum",
+    "td3-pendulum",
+    "ddpg-pendulum",
 ]
 HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
     "ppo-cartpole-gym",
@@ -57,6 +60,14 @@ HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
     "ppo-pong",
     "ppo-breakout",
     "ppo-taxi-masked",
+    "sac-halfcheetah",
+    "sac-hopper",
+    "sac-walker2d",
+    "sac-ant",
+    "sac-humanoid",
+    "td3-halfcheetah",
+    "td3-hopper",
+    "td3-walker2d",
 ]
 
 

@@ -42,6 +42,13 @@ SLOW_SMOKE = {
     # combinations the contract test runs by default (tests/test_contract.py)
     "qr-dqn-cartpole",
     "rainbow-breakout-minatar",
+    # the continuous family: one MuJoCo preset per algorithm runs by default
+    "sac-hopper",
+    "sac-walker2d",
+    "sac-ant",
+    "sac-humanoid",
+    "td3-halfcheetah",
+    "td3-walker2d",
 }
 
 
@@ -88,7 +95,7 @@ def final_state_bytes(run_dir):
     return (checkpoint.latest(run_dir) / "state.msgpack").read_bytes()
 
 
-@pytest.mark.parametrize("preset", ["ppo-pendulum", "dqn-cartpole"])
+@pytest.mark.parametrize("preset", ["ppo-pendulum", "dqn-cartpole", "sac-pendulum"])
 def test_resume_is_bit_exact(tiny, tmp_path, preset):
     straight = tiny(preset, iterations=4)
     straight = with_log(straight, run_dir=str(tmp_path / "straight"))

@@ -15,6 +15,9 @@ ALGORITHMS = {
     "reinforce": "fleetrl.algos.actor_critic.reinforce",
     "dqn": "fleetrl.algos.dqn",
     "pqn": "fleetrl.algos.dqn.pqn",
+    "ddpg": "fleetrl.algos.continuous.ddpg",
+    "td3": "fleetrl.algos.continuous.td3",
+    "sac": "fleetrl.algos.continuous.sac",
 }
 
 

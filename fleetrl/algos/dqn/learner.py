@@ -20,7 +20,7 @@ import optax
 from flax import struct
 
 from fleetrl import distributions as D
-from fleetrl import prioritized, replay
+from fleetrl import prioritized, replay, seeds
 from fleetrl.algos import guard
 from fleetrl.algos.dqn import losses
 from fleetrl.algos.dqn.networks import make_network, q_values, quantile_midpoints, support
@@ -328,7 +328,8 @@ def learn(parts: Parts, state: DQNState, rollout: Rollout, key: Array) -> tuple[
     warm = (state.env_steps >= cfg.learning_starts) & (
         replay.num_valid(state.buffer, cfg.n_step) > 0
     )
-    learner, metrics = jax.lax.cond(warm, train, skip, learner)
+    # a real branch while every seed warms up, not a select running both (`fleetrl.seeds`)
+    learner, metrics = seeds.cond(warm, train, skip, learner)
     state = state.replace(
         params=learner.params,
         target_params=learner.target_params,

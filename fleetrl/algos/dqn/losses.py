@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from fleetrl import distributions as D
+from fleetrl.returns import n_step_bootstrap  # noqa: F401 (the family's n-step target)
 from fleetrl.types import Array
 
 
@@ -37,29 +38,6 @@ def epsilon_greedy(
         random_action = D.categorical_sample(D.mask_logits(jnp.zeros_like(q), mask), action_key)
     take_random = jax.random.uniform(explore_key, greedy.shape) < epsilon
     return jnp.where(take_random, random_action, greedy)
-
-
-def n_step_bootstrap(
-    reward: Array, terminated: Array, truncated: Array, gamma: float
-) -> tuple[Array, Array]:
-    """The reward part and the bootstrap discount of an n-step target.
-
-    Args: ``reward, terminated, truncated``: ``[n, B]``, steps ``t .. t+n-1`` of one env. The
-    window stops at its first episode end (or after n steps): step k* = that end, else n - 1.
-    Returns ``(partial_return [B], discount [B])`` with partial_return = sum_{k <= k*} gamma^k
-    r_k and discount = gamma^(k*+1), or 0 where step k* terminated. A truncated step keeps its
-    discount: it bootstraps from the observation it reached (``replay.Window.next_obs``).
-    """
-    n = reward.shape[0]
-    done = terminated | truncated
-    ended_before = jnp.cumsum(done.astype(jnp.int32), axis=0) - done.astype(jnp.int32)
-    alive = (ended_before == 0).astype(reward.dtype)
-    powers = gamma ** jnp.arange(n, dtype=reward.dtype)[:, None]
-    partial_return = jnp.sum(alive * powers * reward, axis=0)
-    last = jnp.where(done.any(axis=0), jnp.argmax(done, axis=0), n - 1)
-    ended = jnp.take_along_axis(terminated, last[None], axis=0)[0]
-    discount = jnp.where(ended, 0.0, gamma ** (last + 1).astype(reward.dtype))
-    return partial_return, discount
 
 
 def scalar_loss(q_taken: Array, target: Array, kind: str) -> Array:
