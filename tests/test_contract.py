@@ -41,6 +41,7 @@ VARIANTS = [(name, name, {}) for name in ALGORITHMS] + [
     ("qr-dqn", "dqn", {"distributional": "qr", "num_quantiles": 5}),
     ("m-dqn", "dqn", {"munchausen": True}),
     ("m-iqn", "dqn", {"munchausen": True, "distributional": "iqn", "num_tau_samples": 4}),
+    ("sac-n3-utd2", "sac", {"n_step": 3, "utd": 2.0, "autotune": False}),
 ]
 # the variants on every kind run with -m slow; by default on the kinds that exercise what
 # they add (masks in a sequence or in a target, uint8 frames through an encoder or a replay)
@@ -53,6 +54,7 @@ DEFAULT_VARIANTS = {
     ("qr-dqn", "discrete"),
     ("m-dqn", "discrete"),
     ("m-iqn", "masked"),
+    ("sac-n3-utd2", "continuous"),
 }
 
 
