@@ -24,16 +24,12 @@ def layer_shapes(obs: int, hidden: int, actions: int) -> list[tuple[int, int]]:
     return [(obs, hidden), (hidden, hidden), (hidden, actions)]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--hidden", type=int, default=256)
-    args = parser.parse_args()
-    b, shapes = args.batch, layer_shapes(4, args.hidden, 2)
-    # online: forward + input gradient + weight gradient; target: forward only
-    macs = sum(4 * b * i * o for i, o in shapes)
+def matmul_rate(batch: int, shapes: list[tuple[int, int]], calls: int) -> float:
+    """Multiply-adds per second of the forward, input-gradient and weight-gradient products of
+    an MLP of ``shapes`` (``[(in, out)]``) on ``batch`` samples: one jitted loop of 100 passes,
+    timed over ``calls`` calls. Also used by sac_floor.py."""
     weights = [jnp.ones((i, o), jnp.float32) for i, o in shapes]
-    x = jnp.ones((b, 4), jnp.float32)
+    x = jnp.ones((batch, shapes[0][0]), jnp.float32)
 
     @jax.jit
     def products(x, weights):
@@ -49,10 +45,21 @@ def main() -> None:
 
     products(x, weights).block_until_ready()
     start = time.perf_counter()
-    for _ in range(10):
+    for _ in range(calls):
         products(x, weights).block_until_ready()
-    per_pass = (time.perf_counter() - start) / 1000
-    rate = 3 * sum(b * i * o for i, o in shapes) / per_pass
+    per_pass = (time.perf_counter() - start) / (100 * calls)
+    return 3 * sum(batch * i * o for i, o in shapes) / per_pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--hidden", type=int, default=256)
+    args = parser.parse_args()
+    b, shapes = args.batch, layer_shapes(4, args.hidden, 2)
+    # online: forward + input gradient + weight gradient; target: forward only
+    macs = sum(4 * b * i * o for i, o in shapes)
+    rate = matmul_rate(b, shapes, calls=10)
     floor_us = macs / rate * 1e6
     print(f"multiply-adds per gradient step: {macs / 1e6:.2f} M")
     print(f"measured rate on these shapes: {rate / 1e9:.1f} G multiply-adds/s")

@@ -26,8 +26,8 @@ import dataclasses
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from dqn_floor import matmul_rate
 
 from fleetrl.algos import get_algorithm
 from fleetrl.config import load_preset
@@ -46,32 +46,6 @@ def macs_per_sample(obs: int, act: int, hidden: list[int], algo: str) -> float:
         return 4 * actor + 6 * 2 * critic
     actor = sum(i * o for i, o in layer_shapes(obs, hidden, act))
     return actor + 4 * 2 * critic + (3 * actor + 2 * critic) / 2
-
-
-def matmul_rate(batch: int, shapes: list[tuple[int, int]]) -> float:
-    """Multiply-adds per second of forward, input-gradient and weight-gradient products of an
-    MLP of ``shapes`` on ``batch`` samples, all in one XLA call."""
-    weights = [jnp.ones((i, o), jnp.float32) for i, o in shapes]
-    x = jnp.ones((batch, shapes[0][0]), jnp.float32)
-
-    @jax.jit
-    def products(x, weights):
-        def one_pass(_, x):
-            a, total = x, 0.0
-            for w in weights:
-                out = a @ w
-                total = total + (out @ w.T).sum() + (a.T @ out).sum()
-                a = jnp.maximum(out, 0.0)
-            return x + 1e-7 * total
-
-        return jax.lax.fori_loop(0, 100, one_pass, x).sum()
-
-    products(x, weights).block_until_ready()
-    start = time.perf_counter()
-    for _ in range(5):
-        products(x, weights).block_until_ready()
-    per_pass = (time.perf_counter() - start) / 500
-    return 3 * sum(batch * i * o for i, o in shapes) / per_pass
 
 
 def measured_us(args) -> float:
@@ -129,7 +103,7 @@ def main() -> None:
     parser.add_argument("--algo", choices=("sac", "td3"), default="sac")
     args = parser.parse_args()
     macs = macs_per_sample(args.obs, args.act, args.hidden, args.algo) * args.batch
-    rate = matmul_rate(args.batch, layer_shapes(args.obs + args.act, args.hidden, 1))
+    rate = matmul_rate(args.batch, layer_shapes(args.obs + args.act, args.hidden, 1), calls=5)
     floor = macs / rate * 1e6
     ours = measured_us(args)
     shape = f"obs {args.obs}, act {args.act}, hidden {args.hidden}, batch {args.batch}"

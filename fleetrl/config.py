@@ -304,6 +304,19 @@ def with_defaults(run: RunConfig, keys: tuple[str, ...]) -> RunConfig:
     return dataclasses.replace(run, **sections)
 
 
+def require_replay_rows(run, need: int, window: str) -> None:
+    """A replay of ``algo.buffer_size`` transitions split over the envs holds ``need`` rows per
+    env: one rollout and ``window`` (what one sample reads), else a `ConfigError`."""
+    rows = run.algo.buffer_size // run.env.num_envs
+    require(
+        rows >= need,
+        "algo.buffer_size",
+        f"{run.algo.buffer_size} transitions over env.num_envs={run.env.num_envs} envs leaves "
+        f"{rows} rows per env; it must hold at least one rollout (train.num_steps="
+        f"{run.train.num_steps}) and {window} ({need} rows)",
+    )
+
+
 def check_values(section: Any, name: str) -> None:
     """What every config field must satisfy, whatever its section: numbers are finite (an
     ``inf`` learning rate passes ``> 0``; ``nan`` passes no comparison but fails none)."""

@@ -85,7 +85,7 @@ def squashed_normal_sample(mean: Array, log_std: Array, key: Array) -> tuple[Arr
     its log density ``log N(u) - sum log(1 - tanh(u)^2)`` (change of variables), summed over the
     action axis. Gradients flow to ``mean`` and ``log_std`` through both."""
     pre_tanh = normal_sample(mean, log_std, key)
-    return jnp.tanh(pre_tanh), normal_log_prob(mean, log_std, pre_tanh) - tanh_log_det(pre_tanh)
+    return jnp.tanh(pre_tanh), squashed_normal_log_prob(mean, log_std, pre_tanh)
 
 
 def squashed_normal_log_prob(mean: Array, log_std: Array, pre_tanh: Array) -> Array:

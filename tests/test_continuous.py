@@ -308,10 +308,7 @@ def _learner_and_window(name: str):
     state, carry = algo.init(key), reset(env, key, algo)
     carry, rollout = simulate(algo, env, state, carry, 4)
     state = L.insert(parts, state, rollout)
-    learner = L.Learner(
-        state.actor, state.critic, state.target_actor, state.target_critic, state.actor_opt,
-        state.critic_opt, state.log_alpha, state.alpha_opt, state.gradient_steps,
-    )  # fmt: skip
+    learner = L.Learner.of(state)
     rows, envs = replay.sample_uniform(state.buffer, key, 8, 1)
     return parts, state, learner, replay.read_windows(state.buffer, rows, envs, 1)
 

@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
-from fleetrl.config import ConfigError, require
+from fleetrl.config import ConfigError, require, require_replay_rows
 from fleetrl.types import EnvSpec
 
 
@@ -187,15 +187,8 @@ def check_config(run) -> None:
         f"algo.policy_delay={family.policy_delay}: the actor's delayed updates would drift "
         "against the iterations",
     )
-    rows = cfg.buffer_size // run.env.num_envs
     need = max(run.train.num_steps, cfg.n_step + 1)
-    require(
-        rows >= need,
-        "algo.buffer_size",
-        f"{cfg.buffer_size} transitions over env.num_envs={run.env.num_envs} envs leaves {rows} "
-        f"rows per env; it must hold at least one rollout (train.num_steps="
-        f"{run.train.num_steps}) and an n-step window ({need} rows)",
-    )
+    require_replay_rows(run, need, "an n-step window")
 
 
 def check_spec(spec: EnvSpec) -> None:

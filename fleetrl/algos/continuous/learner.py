@@ -196,7 +196,8 @@ def act(parts: Parts, ap, actor_state, obs: Array, key: Array, explore: bool = T
 
 
 class Learner(NamedTuple):
-    """What the gradient steps carry (the buffer is closed over, so the scan never copies it)."""
+    """What the gradient steps carry: the state's fields but the buffer (closed over, so the
+    scan never copies it) and the env step count."""
 
     actor: Any
     critic: Any
@@ -206,7 +207,11 @@ class Learner(NamedTuple):
     critic_opt: Any
     log_alpha: Array
     alpha_opt: Any
-    count: Array
+    gradient_steps: Array
+
+    @classmethod
+    def of(cls, state: ContinuousState) -> Learner:
+        return cls(**{name: getattr(state, name) for name in cls._fields})
 
 
 def next_action(parts: Parts, learner: Learner, next_obs: Array, key: Array):
@@ -262,7 +267,8 @@ def critic_step(parts: Parts, buffer, learner: Learner, key: Array):
     critic = optax.apply_updates(learner.critic, updates)
     metrics = {"losses/critic_loss": loss, "losses/q_values": q_mean}
     metrics["train/lost_windows"] = jnp.sum(~window.valid).astype(jnp.float32)
-    return learner._replace(critic=critic, critic_opt=critic_opt, count=learner.count + 1), (
+    steps = learner.gradient_steps + 1
+    return learner._replace(critic=critic, critic_opt=critic_opt, gradient_steps=steps), (
         window,
         metrics,
     )
@@ -342,34 +348,14 @@ def learn(
         learner, metrics = jax.lax.scan(step, learner, jax.random.split(key, blocks))
         return learner, jax.tree.map(jnp.mean, metrics)
 
-    learner = Learner(
-        state.actor,
-        state.critic,
-        state.target_actor,
-        state.target_critic,
-        state.actor_opt,
-        state.critic_opt,
-        state.log_alpha,
-        state.alpha_opt,
-        state.gradient_steps,
-    )
+    learner = Learner.of(state)
     skip = lambda learner: (learner, {name: jnp.float32(0.0) for name in metric_names(parts)})
     warm = (state.env_steps >= cfg.learning_starts) & (
         replay.num_valid(state.buffer, cfg.n_step) > 0
     )
     # a real branch while every seed warms up, not a select running both (`fleetrl.seeds`)
     learner, metrics = seeds.cond(warm, train, skip, learner)
-    state = state.replace(
-        actor=learner.actor,
-        critic=learner.critic,
-        target_actor=learner.target_actor,
-        target_critic=learner.target_critic,
-        actor_opt=learner.actor_opt,
-        critic_opt=learner.critic_opt,
-        log_alpha=learner.log_alpha,
-        alpha_opt=learner.alpha_opt,
-        gradient_steps=learner.count,
-    )
+    state = state.replace(**learner._asdict())
     metrics["train/replay_size"] = state.buffer.size * parts.spec.num_envs
     if parts.family.stochastic:
         metrics["train/alpha"] = jnp.exp(state.log_alpha)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from fleetrl.config import ConfigError, require
+from fleetrl.config import ConfigError, require, require_replay_rows
 from fleetrl.types import EnvSpec
 
 
@@ -200,15 +200,8 @@ def _check_combinations(cfg: Config) -> None:
 
 
 def check_config(run) -> None:
-    rows = run.algo.buffer_size // run.env.num_envs
     need = max(run.train.num_steps, run.algo.n_step + 4)
-    require(
-        rows >= need,
-        "algo.buffer_size",
-        f"{run.algo.buffer_size} transitions over env.num_envs={run.env.num_envs} envs leaves "
-        f"{rows} rows per env; it must hold at least one rollout (train.num_steps="
-        f"{run.train.num_steps}) and an n-step window with its frame history ({need} rows)",
-    )
+    require_replay_rows(run, need, "an n-step window with its frame history")
 
 
 def check_spec(spec: EnvSpec) -> None:
