@@ -375,8 +375,12 @@ def _dispatch(argv: list[str]) -> int:
         print(f"fleetrl: error: {error}", file=sys.stderr)
         return 1
     except Exception as error:
+        from fleetrl.distributed import DistributedError
         from fleetrl.envs.errors import EnvPoolError, UnsupportedEnvError
 
+        if isinstance(error, DistributedError):  # a lost actor, restarts off or used up
+            _error(with_notes(error))
+            return 1
         if not isinstance(error, EnvPoolError):
             raise
         _error(with_notes(error))

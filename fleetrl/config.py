@@ -193,6 +193,56 @@ class LogConfig:
         )
 
 
+@dataclass(frozen=True)
+class DistConfig:
+    """How a run spreads over processes and machines (`fleetrl.distributed`, on Ray)."""
+
+    mode: Literal["single", "sync", "async"] = "single"
+    """single: one process (today's driver); sync: ``actors`` Ray actors each step
+    ``env.num_envs / actors`` envs with the same policy version, the learner learns on all their
+    segments at once; async: actors never wait for the learner (on-policy learning corrects the
+    lag with V-trace (impala, ppo with ``advantage: vtrace``) or PPO's ratio; the value-based
+    family runs as Ape-X)."""
+    actors: int = 2
+    """Ray actors sampling envs (sync and async); ``env.num_envs`` must be a multiple of it."""
+    address: str | None = None
+    """``HOST:PORT`` of an existing Ray cluster to join (``ray start --head``); None starts a
+    local one (dashboard off, token authentication on)."""
+    max_policy_lag: int = 4
+    """async: a segment acted with parameters this many versions older than the learner's is
+    dropped (and counted: ``dist/dropped_segments``)."""
+    max_restarts: int = 8
+    """Actor restarts allowed over the run (a dead or hung actor is replaced); 0: a dead actor
+    stops the run with an error."""
+    sample_timeout: float = 60.0
+    """Seconds a segment may take before its actor counts as hung and is replaced."""
+    start_timeout: float = 180.0
+    """Seconds an actor may take to start (build its envs, compile its policy)."""
+    actor_cpus: float = 1.0
+    """CPUs Ray reserves for each actor."""
+
+    def __post_init__(self):
+        require(self.actors >= 1, "dist.actors", f"must be >= 1, got {self.actors}")
+        require(
+            self.max_policy_lag >= 0,
+            "dist.max_policy_lag",
+            f"must be >= 0, got {self.max_policy_lag}",
+        )
+        require(
+            self.max_restarts >= 0, "dist.max_restarts", f"must be >= 0, got {self.max_restarts}"
+        )
+        for name in ("sample_timeout", "start_timeout", "actor_cpus"):
+            value = getattr(self, name)
+            require(value > 0, f"dist.{name}", f"must be > 0, got {value}")
+        if self.address is not None:
+            host, _, port = self.address.rpartition(":")
+            require(
+                bool(host) and port.isdigit(),
+                "dist.address",
+                f"must be HOST:PORT of a Ray head (ray start --head), got {self.address!r}",
+            )
+
+
 A = TypeVar("A")
 
 
@@ -207,6 +257,7 @@ class RunConfig(Generic[A]):
     env: EnvConfig = field(default_factory=EnvConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    dist: DistConfig = field(default_factory=DistConfig)
     preset: str = "custom"
     """Name of the preset this run came from."""
     description: str = ""
@@ -217,9 +268,10 @@ class RunConfig(Generic[A]):
     def __post_init__(self):
         from fleetrl.algos import get_algorithm
 
-        for section in ("env", "train", "log", "algo"):
+        for section in ("env", "train", "log", "algo", "dist"):
             check_values(getattr(self, section), section)
         get_algorithm(self.algorithm).check_config(self)
+        _check_dist(self)
 
     @property
     def steps_per_iteration(self) -> int:
@@ -257,6 +309,11 @@ NOT_LEARNED: dict[str, str] = {
     "env.max_restarts": "runtime",
     "env.on_error": "runtime",
     "log.": "runtime",
+    "dist.address": "runtime",
+    "dist.max_restarts": "runtime",
+    "dist.sample_timeout": "runtime",
+    "dist.start_timeout": "runtime",
+    "dist.actor_cpus": "runtime",
 }
 """The one list of settings that do not change what a run learns from what, by kind: ``seed``
 (which seeds), ``length`` (how long: it also sets the learning-rate and exploration schedules,
@@ -317,6 +374,36 @@ def require_replay_rows(run, need: int, window: str) -> None:
     )
 
 
+ASYNC_NEEDS_CORRECTION = ("a2c", "reinforce", "pqn")
+"""On-policy learners without an off-policy correction: asynchronous actors would feed them
+lagged data uncorrected (impala and ppo correct it; dqn runs as Ape-X)."""
+
+
+def _check_dist(run: RunConfig) -> None:
+    """What a distributed run needs of the rest of its config (`DistConfig`)."""
+    dist = run.dist
+    if dist.mode == "single":
+        return
+    require(
+        run.train.num_seeds == 1,
+        "train.num_seeds",
+        f"dist.mode {dist.mode} trains one seed per run (got {run.train.num_seeds}); vmapped "
+        "seeds are a single-process feature",
+    )
+    require(
+        run.env.num_envs % dist.actors == 0,
+        "dist.actors",
+        f"env.num_envs {run.env.num_envs} must be a multiple of dist.actors {dist.actors} "
+        "(each actor steps the same share of the envs)",
+    )
+    require(
+        not (dist.mode == "async" and run.algorithm in ASYNC_NEEDS_CORRECTION),
+        "dist.mode",
+        f"async actors feed lagged data, which {run.algorithm} does not correct; use "
+        "algorithm impala (V-trace), ppo or dqn (Ape-X), or dist.mode sync",
+    )
+
+
 def check_values(section: Any, name: str) -> None:
     """What every config field must satisfy, whatever its section: numbers are finite (an
     ``inf`` learning rate passes ``> 0``; ``nan`` passes no comparison but fails none)."""
@@ -326,8 +413,18 @@ def check_values(section: Any, name: str) -> None:
             require(math.isfinite(value), f"{name}.{f.name}", f"must be finite, got {value}")
 
 
-_SECTIONS = {"env": EnvConfig, "train": TrainConfig, "log": LogConfig}
-_TOP_LEVEL = ("description", "reaches", "algorithm", "algo", "env", "train", "log", "preset")
+_SECTIONS = {"env": EnvConfig, "train": TrainConfig, "log": LogConfig, "dist": DistConfig}
+_TOP_LEVEL = (
+    "description",
+    "reaches",
+    "algorithm",
+    "algo",
+    "env",
+    "train",
+    "log",
+    "dist",
+    "preset",
+)
 
 
 def _suggest(key: str, valid: list[str]) -> str:
@@ -429,6 +526,7 @@ def config_from_dict(data: dict[str, Any], preset: str) -> RunConfig:
         env=build_section(EnvConfig, data.get("env"), "env"),
         train=build_section(TrainConfig, data.get("train"), "train"),
         log=build_section(LogConfig, data.get("log"), "log"),
+        dist=build_section(DistConfig, data.get("dist"), "dist"),
         preset=data.get("preset", preset),
         description=data.get("description", ""),
         reaches=data.get("reaches", ""),
@@ -505,7 +603,11 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
     data = plain(dataclasses.asdict(config))
     order = ("preset", "description", "reaches", "algorithm", "env", "train", "algo", "log")
-    return {key: data[key] for key in order}
+    # a single-process run's config reads (and keys its cached programs) as before `dist` was
+    out = {key: data[key] for key in order}
+    if config.dist != DistConfig():
+        out["dist"] = data["dist"]
+    return out
 
 
 def dump_yaml(config: RunConfig) -> str:

@@ -81,12 +81,13 @@ def release_and_exit(code: int) -> None:
     thread may hold a lock it needs. Workers still alive then die with this process
     (``PR_SET_PDEATHSIG``). In-process envs are left alone: another thread (XLA's callback)
     may be stepping them."""
-    pool = sys.modules.get("fleetrl.envs.pool")  # only if host envs were built; no import here
-    release_all = getattr(pool, "release_all", None)  # None while pool.py is being imported
-    if release_all is not None:
-        release = threading.Thread(target=release_all, daemon=True)
-        release.start()
-        release.join(RELEASE_SECONDS)
+    for name in ("fleetrl.envs.pool", "fleetrl.distributed.cluster"):  # Ray: its local cluster
+        module = sys.modules.get(name)  # only if host envs (a Ray cluster) were built; no import
+        release_all = getattr(module, "release_all", None)  # None while it is being imported
+        if release_all is not None:
+            release = threading.Thread(target=release_all, daemon=True)
+            release.start()
+            release.join(RELEASE_SECONDS)
     os._exit(code)
 
 

@@ -122,7 +122,7 @@ class Loop:
         call_start = time.time()
         # later calls: 20x the slowest call so far, at least the configured timeout / 5
         slowest = self.slowest
-        self.watchdog.start(max(20 * slowest, run.train.call_timeout / 5) if slowest else None)
+        self.watchdog.start(max(20 * slowest, call_floor(run)) if slowest else None)
         before = self.carry
         try:
             frozen = frozen_arg(run, counters["solved_returns"])
@@ -330,6 +330,16 @@ class Loop:
         except OSError as error:  # a full disk: the run's outcome is still reported
             self._warn(f"could not write {self.run_dir / 'summary.json'}: {error}")
         return result
+
+
+def call_floor(run: RunConfig) -> float:
+    """The least a call after the first may take before the watchdog ends the run: the
+    configured timeout / 5; a distributed call also gets the time to replace a hung actor
+    (its pool bounds every wait itself: `fleetrl.distributed.pool`)."""
+    floor = run.train.call_timeout / 5
+    if run.dist.mode != "single":
+        floor = max(floor, run.dist.sample_timeout + run.dist.start_timeout + 60)
+    return floor
 
 
 def summarize(metrics: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ that draw, so importing this module stays cheap.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import math
@@ -19,7 +20,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from fleetrl.config import MAX_CONFIG_BYTES, ConfigError, load_yaml
+from fleetrl.config import MAX_CONFIG_BYTES, ConfigError, DistConfig, load_yaml
 from fleetrl.safeio import UnsafeInputError, loads_json, read_bounded
 
 METRICS_FILE = "metrics.jsonl"
@@ -101,7 +102,8 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise PlotError(f"{path}: expected a mapping, got {type(data).__name__}")
     flat = {"preset": data.get("preset"), "algorithm": data.get("algorithm")}
-    for section in ("env", "train", "algo", "log"):
+    data = {**data, "dist": {**dataclasses.asdict(DistConfig()), **(data.get("dist") or {})}}
+    for section in ("env", "train", "algo", "log", "dist"):
         flat |= {f"{section}.{key}": value for key, value in (data.get(section) or {}).items()}
     return flat
 

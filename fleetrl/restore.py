@@ -87,7 +87,12 @@ def load_run(
         raise ConfigError(f"{run_dir}: no committed checkpoint to restore")
     env, eval_env, algo = build(run, evaluation)
     try:
-        target = {"carry": jax.eval_shape(make_init(algo, env), seed_keys(run))}
+        init = make_init(algo, env)
+        if run.dist.mode != "single":  # the learner's state alone (`fleetrl.distributed`)
+            from fleetrl.distributed.driver import learner_side
+
+            algo, init, _ = learner_side(run, algo, env.spec)
+        target = {"carry": jax.eval_shape(init, seed_keys(run))}
         restored, meta, path = load_checkpoint(run_dir, target, purpose=purpose)
     except BaseException:
         close_envs(env, eval_env)

@@ -1,6 +1,6 @@
-"""Return estimators: GAE, n-step targets, Monte-Carlo and Q(lambda) returns, and the n-step
-bootstrap of a replayed window (value-based and continuous off-policy families). One kernel per
-concept; tested against references.
+"""Return estimators: GAE, V-trace, n-step targets, Monte-Carlo and Q(lambda) returns, and the
+n-step bootstrap of a replayed window (value-based and continuous off-policy families). One
+kernel per concept; tested against references.
 
 Conventions: time-major ``[T, N]`` arrays. ``terminated[t]`` means the step ``t`` reached a
 terminal state (no bootstrap); ``truncated[t]`` means the episode was cut by a time limit, so the
@@ -45,6 +45,66 @@ def gae(
         backward, jnp.zeros_like(value[0]), (delta, not_done), reverse=True
     )
     return advantages, advantages + value
+
+
+def vtrace(
+    value: Array,
+    next_value: Array,
+    reward: Array,
+    terminated: Array,
+    truncated: Array,
+    behaviour_log_prob: Array,
+    target_log_prob: Array,
+    gamma: float,
+    *,
+    rho_bar: float = 1.0,
+    pg_rho_bar: float = 1.0,
+    c_bar: float = 1.0,
+    lambda_: float = 1.0,
+) -> tuple[Array, Array]:
+    """V-trace value targets and policy-gradient advantages (Espeholt et al. 2018, eq. 1-4)
+    for data acted by a behaviour policy mu and learned by a target policy pi.
+
+    Args: ``value, next_value, reward, terminated, truncated``: ``[T, N]``, as `gae` takes
+    them (``next_value[t]``: V(next_obs[t]), the state step ``t`` reached before any
+    auto-reset); ``behaviour_log_prob, target_log_prob``: ``[T, N]``, log mu(a_t|x_t) as the
+    actor recorded it and log pi(a_t|x_t). With ``rho_t = pi / mu``:
+
+    - ``delta_t = min(rho_bar, rho_t) (r_t + gamma (1 - terminated_t) next_value_t - V_t)``
+    - ``acc_t = delta_t + gamma (1 - done_t) c_t acc_{t+1}``, ``c_t = lambda_ min(c_bar, rho_t)``,
+      ``acc_T = 0``; ``vs_t = V_t + acc_t``
+    - ``q_t = next_value_t + lambda_ (1 - done_t) acc_{t+1}`` (= ``vs_{t+1}`` for lambda 1,
+      where V(obs[t+1]) = V(next_obs[t]); for lambda < 1 rlax's blend of vs and V, so that
+      on-policy the advantages are exactly GAE's)
+    - ``pg_advantage_t = min(pg_rho_bar, rho_t) (r_t + gamma (1 - terminated_t) q_t - V_t)``
+
+    A terminated step does not bootstrap; a truncated one bootstraps from ``next_value``; the
+    recursion never crosses an episode end, and the segment's last step bootstraps from
+    ``next_value[T - 1]``. On-policy (rho = 1, c_bar >= 1) ``vs`` and the advantages are
+    `gae`'s returns and advantages with ``lam = lambda_``. Returns ``(vs, pg_advantages)``,
+    ``[T, N]``, without gradient (they are targets).
+    """
+    # rlax.vtrace_td_error_and_advantage computes the same for one sequence (no env axis) with
+    # one discount per step and no observation of its own to bootstrap from: it cannot
+    # bootstrap a truncated step from the state it reached while cutting the trace there. So
+    # we keep our own kernel, batched over N, and test it against rlax's (vmapped) on segments
+    # without truncation (tests/test_vtrace.py).
+    rho = jnp.exp(target_log_prob - behaviour_log_prob)
+    not_terminal = 1.0 - terminated.astype(value.dtype)
+    not_done = 1.0 - (terminated | truncated).astype(value.dtype)
+    delta = jnp.minimum(rho_bar, rho) * (reward + gamma * not_terminal * next_value - value)
+    trace = gamma * not_done * lambda_ * jnp.minimum(c_bar, rho)
+
+    def backward(acc_next: Array, xs: tuple[Array, ...]) -> tuple[Array, Array]:
+        delta_t, trace_t, not_done_t, next_value_t = xs
+        q = next_value_t + lambda_ * not_done_t * acc_next
+        acc = delta_t + trace_t * acc_next
+        return acc, (acc, q)
+
+    xs = (delta, trace, not_done, next_value)
+    _, (acc, q) = jax.lax.scan(backward, jnp.zeros_like(value[0]), xs, reverse=True)
+    pg_advantages = jnp.minimum(pg_rho_bar, rho) * (reward + gamma * not_terminal * q - value)
+    return jax.lax.stop_gradient(value + acc), jax.lax.stop_gradient(pg_advantages)
 
 
 def n_step_target(

@@ -34,7 +34,13 @@ def simulate(algo, env, algo_state, carry: EnvCarry, num_steps: int) -> tuple[En
     the new carry and a time-major ``Rollout`` (``[num_steps, N, ...]``) that records the actor
     state the segment started from.
     """
-    actor_params = algo.actor_params(algo_state)
+    return simulate_with(algo, env, algo.actor_params(algo_state), carry, num_steps)
+
+
+def simulate_with(
+    algo, env, actor_params, carry: EnvCarry, num_steps: int
+) -> tuple[EnvCarry, Rollout]:
+    """`simulate` with the actor's parameters given (a Ray actor holds no learner state)."""
     keys = jax.random.split(carry.key, num_steps + 1)  # one split: fewer ops in the scan body
     fresh = algo.init_actor(jax.random.fold_in(keys[0], 1), env.spec.num_envs)
 

@@ -41,10 +41,10 @@ def resume_changes(saved: RunConfig, run: RunConfig) -> list[str]:
     not change silently (see `RESUME_MAY_CHANGE`)."""
 
     def flat(config: RunConfig) -> dict[str, Any]:
-        data = to_dict(config)
+        data = to_dict(config) | {"dist": dataclasses.asdict(config.dist)}  # written or not
         return {
             f"{section}.{key}": value
-            for section in ("env", "train", "algo", "log")
+            for section in ("env", "train", "algo", "log", "dist")
             for key, value in data[section].items()
         } | {"algorithm": data["algorithm"]}
 
@@ -80,14 +80,20 @@ def train(
     if resume:
         run = _check_resume(run, Path(resume), allow_config_changes)
     run = with_seed(run, console)
-    env, eval_env, algo = build(run)  # bad input fails here, before a run directory exists
+    if run.dist.mode != "single":  # Ray actors step the envs (`fleetrl.distributed`)
+        from fleetrl.distributed import driver
+
+        build_run, compile_programs = driver.build, driver.compile_run
+    else:
+        build_run, compile_programs = build, compile_run
+    env, eval_env, algo = build_run(run)  # bad input fails here, before a run directory exists
     try:
         run_dir = Path(resume) if resume else new_run_dir(run)
         check_writable(run_dir / "checkpoints", "checkpoints")
         lock = RunLock(run_dir)
         try:
             compile_start = time.time()
-            init, *programs = compile_run(run, env, eval_env, algo)
+            init, *programs = compile_programs(run, env, eval_env, algo)
             (init,) = wait_compiled([init], run_dir, run.train.call_timeout)
             carry, counters = _start(run, run_dir, env, init, resume, resume_may_start)
             write_config_and_metadata(run_dir, run, command or [])

@@ -73,9 +73,14 @@ def tiny_run(preset: str, tmp_path, iterations: int = 2, **train) -> RunConfig:
 
     # each algorithm says what makes its presets tiny (DQN: learn at once, few gradient steps)
     algo = dataclasses.replace(run.algo, **get_algorithm(run.algorithm).TEST_CONFIG)
+    # a distributed preset smoke-runs in one process here: the tests that start Ray run in a
+    # network namespace of their own (tests/test_distributed.py)
+    from fleetrl.config import DistConfig
+
     return dataclasses.replace(
         run,
         algo=algo,
+        dist=DistConfig(),
         train=dataclasses.replace(run.train, **train_fields),
         log=dataclasses.replace(
             run.log, run_dir=str(tmp_path / "run"), tensorboard=False, progress=False

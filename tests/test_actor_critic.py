@@ -203,7 +203,7 @@ def test_a_recurrent_learner_replays_what_the_actor_did(core, kind):
     _, rollout = rollout_fn(carry)
     assert rollout.done[:-1].any()  # episodes end inside the segment
     parts = L.build_parts(run, env.spec)
-    batch = L.sequence_batch(parts, state, rollout, rollout.reward)
+    batch, _ = L.sequence_batch(parts, state, rollout, rollout.reward)
     out, _ = L.evaluate_batch(parts, state.params, batch)
     replayed = parts.dist.log_prob(out, batch["action"].reshape(-1)).reshape(12, 4)
     np.testing.assert_allclose(replayed, rollout.extras["log_prob"], atol=1e-5)

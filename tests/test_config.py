@@ -33,6 +33,8 @@ PRESETS = [
     "rainbow-freeway-minatar",
     "a2c-cartpole",
     "reinforce-cartpole",
+    "impala-cartpole",
+    "apex-cartpole",
     "ppo-gru-memorychain",
     "ppo-lstm-cartpole-novel",
     "sac-pendulum",
@@ -40,6 +42,8 @@ PRESETS = [
     "ddpg-pendulum",
 ]
 HOST_PRESETS = [  # gymnasium envs on the host (issue 3)
+    "impala-cartpole-gym",
+    "ppo-vtrace-cartpole-gym",
     "ppo-cartpole-gym",
     "dqn-cartpole-gym",
     "pqn-cartpole-gym",

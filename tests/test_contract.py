@@ -36,6 +36,8 @@ RAINBOW = {
 VARIANTS = [(name, name, {}) for name in ALGORITHMS] + [
     ("ppo-lstm", "ppo", {"core": "lstm", "core_size": 8}),
     ("a2c-gru", "a2c", {"core": "gru", "core_size": 8}),
+    ("impala-lstm", "impala", {"core": "lstm", "core_size": 8}),
+    ("ppo-vtrace", "ppo", {"advantage": "vtrace"}),
     ("rainbow", "dqn", RAINBOW),
     ("rainbow-iqn", "dqn", {**RAINBOW, "distributional": "iqn", "num_tau_samples": 4}),
     ("qr-dqn", "dqn", {"distributional": "qr", "num_quantiles": 5}),
@@ -48,6 +50,8 @@ VARIANTS = [(name, name, {}) for name in ALGORITHMS] + [
 DEFAULT_VARIANTS = {
     ("ppo-lstm", "masked"),
     ("a2c-gru", "image"),
+    ("impala-lstm", "masked"),
+    ("ppo-vtrace", "continuous"),
     ("rainbow", "masked"),
     ("rainbow", "image"),
     ("rainbow-iqn", "discrete"),

@@ -72,7 +72,7 @@ def test_the_loss_sees_the_masked_policy():
     carry = reset(env, jax.random.PRNGKey(1), algo)
     _, rollout = jax.jit(lambda s, c: simulate(algo, env, s, c, 8))(state, carry)
     parts = L.build_parts(run, env.spec)
-    batch = L.flat_batch(parts, state, rollout, rollout.reward)
+    batch, _ = L.flat_batch(parts, state, rollout, rollout.reward)
     assert batch["mask"].shape == (32, 4)
     out, _ = L.evaluate_batch(parts, state.params, batch)
     probs = np.asarray(jax.nn.softmax(out))

@@ -29,6 +29,9 @@ CHANGES = {  # a different value for each field of NOT_LEARNED
     "start_timeout": 9.0,
     "max_restarts": 1,
     "on_error": "restart",
+    "address": "127.0.0.1:6379",
+    "sample_timeout": 5.0,
+    "actor_cpus": 0.5,
 }
 
 
@@ -42,10 +45,10 @@ def _changed(run, key: str):
 
 
 def _flat(run) -> dict:
-    data = to_dict(run)
+    data = to_dict(run) | {"dist": dataclasses.asdict(run.dist)}
     flat = {"algorithm": data["algorithm"]}
-    for section in ("env", "train", "algo", "log"):
-        flat |= {f"{section}.{k}": v for k, v in data[section].items()}
+    for section in ("env", "train", "algo", "log", "dist"):
+        flat |= {f"{section}.{k}": v for k, v in data.get(section, {}).items()}
     return flat
 
 

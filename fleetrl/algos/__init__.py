@@ -13,6 +13,7 @@ ALGORITHMS = {
     "ppo": "fleetrl.algos.actor_critic.ppo",
     "a2c": "fleetrl.algos.actor_critic.a2c",
     "reinforce": "fleetrl.algos.actor_critic.reinforce",
+    "impala": "fleetrl.algos.actor_critic.impala",
     "dqn": "fleetrl.algos.dqn",
     "pqn": "fleetrl.algos.dqn.pqn",
     "ddpg": "fleetrl.algos.continuous.ddpg",

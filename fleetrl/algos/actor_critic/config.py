@@ -103,11 +103,37 @@ def _check_gae_lambda(value: float) -> None:
 
 
 @dataclass(frozen=True)
-class PPO(Shared):
+class VTraceLevels:
+    """V-trace's truncation levels (Espeholt et al. 2018, eq. 1 and 4), for the members that
+    learn from data acted by older parameters (IMPALA; PPO with ``advantage: vtrace``)."""
+
+    rho_bar: float = 1.0
+    """Clip of the importance weight pi/mu in the value targets' TD errors: the targets
+    converge to pi's value where no weight exceeds it, else to that of a policy between mu and
+    pi (Espeholt et al. 2018, section 4.1)."""
+    pg_rho_bar: float = 1.0
+    """Clip of the importance weight on the policy-gradient advantages."""
+    c_bar: float = 1.0
+    """Clip of the trace coefficients c_t (how far corrections propagate back in time)."""
+
+    def _check_levels(self) -> None:
+        for name in ("rho_bar", "pg_rho_bar", "c_bar"):
+            value = getattr(self, name)
+            require(value > 0, f"algo.{name}", f"must be > 0, got {value}")
+
+
+@dataclass(frozen=True)
+class PPO(VTraceLevels, Shared):
     """PPO hyperparameters (defaults: CleanRL's ppo.py for CartPole)."""
 
     gae_lambda: float = 0.95
-    """GAE lambda."""
+    """GAE lambda (with ``advantage: vtrace``, V-trace's lambda)."""
+    advantage: Literal["gae", "vtrace"] = "gae"
+    """gae: GAE advantages and returns. vtrace: V-trace's (Espeholt et al. 2018), computed once
+    per rollout, corrected for data acted by older parameters (asynchronous actors) with
+    rho_bar, pg_rho_bar and c_bar; the surrogate's ratio is then taken against the parameters
+    at the start of the update, not the behaviour policy (decoupled PPO, Hilton et al. 2021:
+    the clipped weight behaviour -> current is in the advantages). On-policy both agree."""
     num_epochs: int = 4
     """Passes over each rollout."""
     num_minibatches: int = 4
@@ -129,6 +155,7 @@ class PPO(Shared):
     def __post_init__(self):
         super().__post_init__()
         _check_gae_lambda(self.gae_lambda)
+        self._check_levels()
         for name in ("num_epochs", "num_minibatches"):
             value = getattr(self, name)
             require(value >= 1, f"algo.{name}", f"must be >= 1, got {value}")
@@ -159,6 +186,33 @@ class A2C(Shared):
 
 
 @dataclass(frozen=True)
+class IMPALA(VTraceLevels, Shared):
+    """IMPALA's learner (Espeholt et al. 2018; defaults: its Atari settings, section 5 and
+    appendix): one policy-gradient step per rollout on V-trace advantages, the value function
+    regressed on V-trace targets, RMSProp, no advantage normalization. The behaviour policy is
+    what the actor recorded (``extras["log_prob"]``), the target policy the current
+    parameters: in one process they agree (rho = 1, A2C with n-step returns); asynchronous
+    actors lag, which V-trace corrects."""
+
+    learning_rate: float = 6e-4
+    optimizer: Literal["adam", "rmsprop"] = "rmsprop"
+    optimizer_eps: float = 0.01
+    """Epsilon of RMSProp (the paper's 0.01 sits inside the square root, TF's RMSProp; here it
+    is added outside it, as for the family's other members)."""
+    max_grad_norm: float = 40.0
+    normalize_advantages: bool = False
+    ent_coef: float = 0.01
+    gae_lambda: float = 1.0
+    """V-trace's lambda (c_t = lambda min(c_bar, rho_t)); 1 as published. Named as the
+    family's trace lambda: on-policy V-trace is GAE with this lambda."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_gae_lambda(self.gae_lambda)
+        self._check_levels()
+
+
+@dataclass(frozen=True)
 class Reinforce(Shared):
     """REINFORCE (Williams 1992) as TF-Agents and JORLDY ship it: Monte-Carlo returns of whole
     episodes, optionally minus a learned value baseline, one policy-gradient step per rollout.
@@ -181,7 +235,7 @@ class Reinforce(Shared):
 class Family(NamedTuple):
     """The flags that tell the family's members apart, read from any of their configs."""
 
-    estimator: str  # "gae" | "monte_carlo"
+    estimator: str  # "gae" | "vtrace" | "monte_carlo"
     objective: str  # "clip" | "kl_penalty" | "pg"
     gae_lambda: float
     num_epochs: int
@@ -190,9 +244,14 @@ class Family(NamedTuple):
 
     @classmethod
     def of(cls, cfg: Shared) -> Family:
-        reinforce = isinstance(cfg, Reinforce)
+        if isinstance(cfg, Reinforce):
+            estimator = "monte_carlo"
+        elif isinstance(cfg, IMPALA):
+            estimator = "vtrace"
+        else:
+            estimator = getattr(cfg, "advantage", "gae")
         return cls(
-            estimator="monte_carlo" if reinforce else "gae",
+            estimator=estimator,
             objective=getattr(cfg, "objective", "pg"),
             gae_lambda=getattr(cfg, "gae_lambda", 1.0),
             num_epochs=getattr(cfg, "num_epochs", 1),

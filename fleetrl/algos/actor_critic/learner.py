@@ -1,9 +1,10 @@
-"""The actor-critic family's learner: REINFORCE, A2C and PPO as one set of pure functions.
+"""The actor-critic family's learner: REINFORCE, A2C, PPO and IMPALA as one set of pure functions.
 
 `make(run, spec)` builds the `Algorithm`; the members differ only by the flags of
-`config.Family`: the advantage estimator (GAE, or Monte-Carlo returns of whole episodes), the
-policy objective (clipped surrogate, KL penalty, plain policy gradient) and the number of
-epochs and minibatches. A recurrent core (`networks`) learns whole sequences.
+`config.Family`: the advantage estimator (GAE, V-trace, or Monte-Carlo returns of whole
+episodes; `targets`), the policy objective (clipped surrogate, KL penalty, plain policy
+gradient) and the number of epochs and minibatches. A recurrent core (`networks`) learns whole
+sequences.
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ import optax
 from flax import struct
 
 from fleetrl.algos import guard
-from fleetrl.algos.actor_critic import losses, networks
+from fleetrl.algos.actor_critic import losses, networks, targets
 from fleetrl.algos.actor_critic.config import Family
 from fleetrl.algos.guard import clip_or_skip
 from fleetrl.config import ConfigError
 from fleetrl.normalize import RunningStats
-from fleetrl.returns import gae, monte_carlo_returns
+from fleetrl.returns import monte_carlo_returns
 from fleetrl.types import Algorithm, Array, EnvSpec, Health, Metrics, Rollout
 
 
@@ -63,7 +64,8 @@ class Parts(NamedTuple):
 
 
 def make(run, spec: EnvSpec) -> Algorithm:
-    """Build the `Algorithm` of ``run.algo`` (a PPO, A2C or REINFORCE config) for ``spec``."""
+    """Build the `Algorithm` of ``run.algo`` (a PPO, A2C, IMPALA or REINFORCE config) for
+    ``spec``."""
     parts = build_parts(run, spec)
     return Algorithm(
         init=functools.partial(init, parts),
@@ -178,16 +180,16 @@ def scale_rewards(parts: Parts, state: ActorCriticState, rollout: Rollout):
 
 
 def learn(parts: Parts, state: ActorCriticState, rollout: Rollout, key: Array):
-    """Advantages (GAE or Monte-Carlo, truncation bootstrapped), then epochs x minibatches of
-    updates on them."""
+    """Advantages (GAE, V-trace or Monte-Carlo, truncation bootstrapped), then epochs x
+    minibatches of updates on them."""
     reward, return_stats, discounted = scale_rewards(parts, state, rollout)
-    pending, metrics = state.pending, {}
+    pending = state.pending
     if parts.family.estimator == "monte_carlo":
         batch, pending, metrics = monte_carlo_batch(parts, state, rollout, reward)
     elif parts.net.recurrent:
-        batch = sequence_batch(parts, state, rollout, reward)
+        batch, metrics = sequence_batch(parts, state, rollout, reward)
     else:
-        batch = flat_batch(parts, state, rollout, reward)
+        batch, metrics = flat_batch(parts, state, rollout, reward)
     if parts.family.objective == "kl_penalty":
         old_out = evaluate_batch(parts, state.params, batch, value=False)[0]
         batch["old_out"] = _like_batch(parts, old_out, reward.shape)
@@ -228,68 +230,71 @@ def _with_mask(batch: dict, mask: Array | None, flat) -> dict:
     return batch
 
 
-def flat_batch(parts: Parts, state: ActorCriticState, rollout: Rollout, reward: Array) -> dict:
-    """A feed-forward learner's batch: every step a sample (``[T * N, ...]``), GAE advantages
-    from one critic pass over ``obs`` and ``next_obs``."""
+def flat_batch(parts: Parts, state: ActorCriticState, rollout: Rollout, reward: Array):
+    """A feed-forward learner's batch: every step a sample (``[T * N, ...]``), advantages from
+    one critic pass over ``obs`` and ``next_obs`` (and, for V-trace, one actor pass over
+    ``obs``). Returns ``(batch, metrics)``."""
     num_steps, num_envs = reward.shape
     size = num_steps * num_envs
+    flat = lambda x: x.reshape((size,) + x.shape[2:])
     obs = observe(parts, state.obs_stats, rollout.obs)
     next_obs = observe(parts, state.obs_stats, rollout.next_obs)
     both = jnp.concatenate([obs, next_obs]).reshape((2 * size,) + parts.spec.observation_shape)
     values = parts.net.value(state.params, both).reshape(2, num_steps, num_envs)
-    advantages, returns = gae(
-        reward,
-        values[0],
-        values[1],
-        rollout.terminated,
-        rollout.truncated,
-        parts.cfg.gamma,
-        parts.family.gae_lambda,
+    target_log_prob = None
+    if parts.family.estimator == "vtrace":
+        out = parts.net.act(state.params, (), flat(obs))[0]
+        target_log_prob = _log_prob(parts, out, rollout, flat).reshape(num_steps, num_envs)
+    fields, metrics = targets.estimate(
+        parts.cfg, parts.family, rollout, reward, values[0], values[1], target_log_prob
     )
-    flat = lambda x: x.reshape((size,) + x.shape[2:])
-    batch = {
-        "obs": flat(obs),
-        "action": flat(rollout.action),
-        "log_prob": flat(rollout.extras["log_prob"]),
-        "advantages": flat(advantages),
-        "returns": flat(returns),
-    }
-    return _with_mask(batch, rollout.action_mask, flat)
+    batch = {"obs": flat(obs), "action": flat(rollout.action)}
+    batch |= {name: flat(x) for name, x in fields.items()}
+    return _with_mask(batch, rollout.action_mask, flat), metrics
 
 
-def sequence_batch(parts: Parts, state: ActorCriticState, rollout: Rollout, reward: Array) -> dict:
+def _log_prob(parts: Parts, out, rollout: Rollout, flat) -> Array:
+    """log pi(action) of the rollout's actions under the actor output ``out`` (masked as the
+    actor masked it); ``flat`` lays a rollout field out as ``out`` is."""
+    mask = None if rollout.action_mask is None else flat(rollout.action_mask)
+    return parts.dist.log_prob(parts.dist.mask(out, mask), flat(rollout.action))
+
+
+def sequence_batch(parts: Parts, state: ActorCriticState, rollout: Rollout, reward: Array):
     """A recurrent learner's batch: whole sequences ``[T, N, ...]`` with the core state they
-    started from (``core``, ``[N, ...]``) and where episodes began (``resets``)."""
+    started from (``core``, ``[N, ...]``) and where episodes began (``resets``). Returns
+    ``(batch, metrics)``."""
     obs = observe(parts, state.obs_stats, rollout.obs)
     next_obs = observe(parts, state.obs_stats, rollout.next_obs)
     resets = jnp.concatenate([jnp.zeros_like(rollout.done[:1]), rollout.done[:-1]])
-    _, values, cores = networks.unroll(parts.net, state.params, rollout.actor_state, obs, resets)
+    out, values, cores = networks.unroll(parts.net, state.params, rollout.actor_state, obs, resets)
     # V(next_obs[t]) from the state after step t: one more core step, batched over all t
     num_steps, num_envs = reward.shape
     merge = lambda x: x.reshape((num_steps * num_envs,) + x.shape[2:])
     _, next_values, _ = parts.net.both(state.params, jax.tree.map(merge, cores), merge(next_obs))
-    advantages, returns = gae(
+    target_log_prob = None
+    if parts.family.estimator == "vtrace":
+        target_log_prob = _log_prob(parts, out, rollout, lambda x: x)
+    fields, metrics = targets.estimate(
+        parts.cfg,
+        parts.family,
+        rollout,
         reward,
         values,
         next_values.reshape(num_steps, num_envs),
-        rollout.terminated,
-        rollout.truncated,
-        parts.cfg.gamma,
-        parts.family.gae_lambda,
+        target_log_prob,
     )
     batch = {
         "obs": obs,
         "action": rollout.action,
-        "log_prob": rollout.extras["log_prob"],
-        "advantages": advantages,
-        "returns": returns,
+        **fields,
         "resets": resets,
         "core": rollout.actor_state,
     }
     if parts.cfg.burn_in:
         warm = (jnp.arange(num_steps) >= parts.cfg.burn_in).astype(jnp.float32)
         batch["weights"] = jnp.broadcast_to(warm[:, None], reward.shape)
-    return _with_mask(batch, rollout.action_mask, lambda x: x)
+    return _with_mask(batch, rollout.action_mask, lambda x: x), metrics
 
 
 def _pending_steps(rollout: Rollout, reward: Array) -> dict:

@@ -51,8 +51,9 @@ class Parts(NamedTuple):
     total_steps: int
 
 
-def make(run, spec: EnvSpec) -> Algorithm:
-    """Build the value-based `Algorithm` for ``run`` (a RunConfig) and ``spec``."""
+def build_parts(run, spec: EnvSpec) -> Parts:
+    """What `make` closes over, for ``run`` (a RunConfig) and ``spec``: the config, the network
+    and the optimizer (also what a distributed learner builds its steps from, `apex`)."""
     cfg = run.algo
     learning_rate = cfg.learning_rate
     if cfg.anneal_lr:  # in gradient steps: iterations x gradient_steps
@@ -64,7 +65,7 @@ def make(run, spec: EnvSpec) -> Algorithm:
     # actor_critic/learner.py); a NaN or Inf gradient skips its update (guard.py)
     adam = optax.adam(learning_rate, eps=cfg.adam_epsilon)
     optimizer = optax.flatten(clip_or_skip(adam, cfg.max_grad_norm))
-    parts = Parts(
+    return Parts(
         cfg,
         spec,
         make_network(cfg, spec.num_actions),
@@ -72,6 +73,11 @@ def make(run, spec: EnvSpec) -> Algorithm:
         cfg.buffer_size // spec.num_envs,
         run.train.total_steps,
     )
+
+
+def make(run, spec: EnvSpec) -> Algorithm:
+    """Build the value-based `Algorithm` for ``run`` (a RunConfig) and ``spec``."""
+    parts = build_parts(run, spec)
     return Algorithm(
         init=functools.partial(init, parts),
         actor_params=functools.partial(actor_params, parts),
@@ -82,11 +88,17 @@ def make(run, spec: EnvSpec) -> Algorithm:
     )
 
 
-def init(parts: Parts, key: Array) -> DQNState:
+def init_params(parts: Parts, key: Array):
+    """The network's initial parameters."""
     spec, cfg = parts.spec, parts.cfg
     dummy = jnp.zeros((1,) + spec.observation_shape, spec.observation_dtype)
     taus = jnp.full((1, 1), 0.5) if cfg.distributional == "iqn" else None
-    params = parts.network.init({"params": key, "noise": key}, dummy, taus)
+    return parts.network.init({"params": key, "noise": key}, dummy, taus)
+
+
+def init(parts: Parts, key: Array) -> DQNState:
+    spec, cfg = parts.spec, parts.cfg
+    params = init_params(parts, key)
     buffer = replay.create(
         spec.observation_shape,
         spec.observation_dtype,
@@ -236,27 +248,36 @@ def sample_batch(parts: Parts, buffer, priorities, key: Array, beta: Array):
     return rows, envs, leaves, weights
 
 
+def update_on(parts: Parts, params, target_params, opt_state, window, weights, key: Array):
+    """One Adam step on ``window`` (``B`` windows) weighted by ``weights [B]``: ``(params,
+    opt_state, priorities [B], metrics)``. The priorities are the windows' new ones (Schaul et
+    al. 2016; for distributional members the loss itself, as Rainbow does), exponentiated by
+    ``priority_alpha``; a window that is not ``valid`` gets the smallest."""
+    cfg = parts.cfg
+    grad_fn = jax.grad(functools.partial(loss_fn, parts), has_aux=True)
+    grads, (metrics, signal) = grad_fn(params, target_params, window, weights, key)
+    updates, opt_state = parts.optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    # a window that lost its final observation keeps the smallest priority, not its loss
+    signal = jnp.where(window.valid, signal, 0.0)
+    priorities = prioritized.priority(signal, cfg.priority_alpha, cfg.priority_epsilon)
+    metrics["train/lost_windows"] = jnp.sum(~window.valid).astype(jnp.float32)
+    return params, opt_state, priorities, metrics
+
+
 def gradient_step(parts: Parts, buffer, beta: Array, learner: Learner, key: Array):
-    """One Adam step on a sampled batch; with prioritized replay, the batch's priorities are
-    set from its losses (Schaul et al. 2016; for distributional members the loss itself, as
-    Rainbow does)."""
+    """One Adam step on a sampled batch (`update_on`); with prioritized replay, the batch's
+    priorities are set from its losses."""
     cfg = parts.cfg
     sample_key, loss_key = jax.random.split(key)
     rows, envs, leaves, weights = sample_batch(parts, buffer, learner.priorities, sample_key, beta)
     window = replay.read_windows(buffer, rows, envs, cfg.n_step)
-    grad_fn = jax.grad(functools.partial(loss_fn, parts), has_aux=True)
-    grads, (metrics, signal) = grad_fn(
-        learner.params, learner.target_params, window, weights, loss_key
+    params, opt_state, new, metrics = update_on(
+        parts, learner.params, learner.target_params, learner.opt_state, window, weights, loss_key
     )
-    updates, opt_state = parts.optimizer.update(grads, learner.opt_state, learner.params)
-    params = optax.apply_updates(learner.params, updates)
     priorities = learner.priorities
     if cfg.prioritized:
-        # a window that lost its final observation keeps the smallest priority, not its loss
-        signal = jnp.where(window.valid, signal, 0.0)
-        new = prioritized.priority(signal, cfg.priority_alpha, cfg.priority_epsilon)
         priorities = prioritized.update(priorities, leaves, new)
-    metrics["train/lost_windows"] = jnp.sum(~window.valid).astype(jnp.float32)
     learner = Learner(params, learner.target_params, opt_state, priorities, learner.count + 1)
     return learner, metrics
 
@@ -270,6 +291,14 @@ def refresh_target(cfg, params, target_params, steps_before: Array, steps_after:
     keep = (1.0 - cfg.tau) ** crossings.astype(jnp.float32)
     polyak = lambda on, tg: jnp.where(crossings > 0, on + keep * (tg - on), tg)
     return jax.tree.map(polyak, params, target_params)
+
+
+def priority_beta(cfg, env_steps: Array, total_steps: int) -> Array:
+    """The importance-sampling exponent after ``env_steps``: linear from
+    ``priority_beta_start`` to ``priority_beta_end`` at ``total_steps`` (Schaul et al., sec.
+    3.4), then constant."""
+    progress = jnp.minimum(env_steps / total_steps, 1.0)
+    return cfg.priority_beta_start + progress * (cfg.priority_beta_end - cfg.priority_beta_start)
 
 
 def insert(parts: Parts, state: DQNState, rollout: Rollout) -> DQNState:
@@ -306,8 +335,7 @@ def learn(parts: Parts, state: DQNState, rollout: Rollout, key: Array) -> tuple[
     target_params = refresh_target(
         cfg, state.params, state.target_params, steps_before, state.env_steps
     )
-    progress = jnp.minimum(state.env_steps / parts.total_steps, 1.0)
-    beta = cfg.priority_beta_start + progress * (cfg.priority_beta_end - cfg.priority_beta_start)
+    beta = priority_beta(cfg, state.env_steps, parts.total_steps)
 
     def train(learner):
         step = lambda carry, k: gradient_step(parts, state.buffer, beta, carry, k)
