@@ -13,6 +13,8 @@ repetitions; every figure in microseconds unless its name says otherwise.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 import pickle
 import statistics
 import time
@@ -21,6 +23,33 @@ import numpy as np
 
 CARTPOLE = "ppo-cartpole-gym"
 ATARI_FRAME = (4, 84, 84)  # a stacked uint8 Atari observation, for the large payload
+
+
+def restore_affinity() -> None:
+    """Give every thread of this process the process's CPUs back: the fix suggested for
+    `fleetrl.xla_cpu.use_one_xla_thread`, which pins the calling thread to the last CPU while
+    XLA starts its pool, so the pool's thread (and every thread started meanwhile) stays there;
+    every actor's and the learner's XLA thread then shares that one core."""
+    cpus = os.sched_getaffinity(0)
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except OSError:  # the thread ended meanwhile
+            pass
+
+
+def patch_affinity() -> None:
+    """A Ray worker setup hook (``--affinity-fix``): `restore_affinity` after each
+    ``use_one_xla_thread`` of this process (a `SegmentActor` calls it when it starts)."""
+    from fleetrl import xla_cpu
+
+    original = xla_cpu.use_one_xla_thread
+
+    def fixed() -> None:
+        original()
+        restore_affinity()
+
+    xla_cpu.use_one_xla_thread = fixed
 
 
 class Echo:
@@ -184,7 +213,8 @@ def wait_us(ray, counts: tuple[int, ...], reps: int) -> dict[int, float]:
     out = {}
     for count in counts:
         refs = [blocker.noop.remote() for _ in range(count - 1)] + [ray.put(1)]
-        out[count] = median_us(lambda refs=refs: ray.wait(refs, num_returns=len(refs), timeout=0), reps)
+        wake = functools.partial(ray.wait, refs, num_returns=len(refs), timeout=0)
+        out[count] = median_us(wake, reps)
     ray.kill(blocker)
     return out
 
@@ -200,7 +230,8 @@ def params_sizes() -> dict[str, dict]:
     rng = np.random.default_rng(0)
     shapes = [(8, 8, 4, 32), (32,), (4, 4, 32, 64), (64,), (3, 3, 64, 64), (64,)]
     shapes += [(3136, 512), (512,), (512, 6), (6,), (512, 1), (1,)]
-    out["nature-cnn size"] = {f"w{i}": rng.standard_normal(s, np.float32) for i, s in enumerate(shapes)}
+    cnn = {f"w{i}": rng.standard_normal(shape, np.float32) for i, shape in enumerate(shapes)}
+    out["nature-cnn size"] = cnn
     return out
 
 
@@ -248,35 +279,35 @@ def learner_costs(preset: str, args: list[str], env_multiples: tuple[int, ...], 
     """Learner update (``fleetrl.distributed.calls.learner_update``) and publish (actor params
     to the host, then ``ray.put``) of ``preset``, on batches of its rollout widened
     ``env_multiples`` times; ``(batch env steps, update ms, publish ms)`` rows."""
+    segment, actor, _ = real_segment(preset, args, 1)
+    rows = []
+    for times in env_multiples:
+        rows.append(_learner_cost(actor, widened(segment, times), times, reps))
+    return rows
+
+
+def _learner_cost(actor, segment: dict, times: int, reps: int) -> tuple[int, float, float]:
     import jax
 
+    from fleetrl.algos import get_algorithm
     from fleetrl.distributed.calls import concat_segments, flat, learner_update, publishable
     from fleetrl.programs import Carry, over_seeds, raw_keys
 
-    segment, actor, _ = real_segment(preset, args, 1)
     run = actor.run
-    rows = []
-    for times in env_multiples:
-        wide = widened(segment, times)
-        num_envs = run.env.num_envs * times
-        spec = dataclasses.replace(actor.env.spec, num_envs=num_envs)
-        from fleetrl.algos import get_algorithm
+    spec = dataclasses.replace(actor.env.spec, num_envs=run.env.num_envs * times)
+    algo = get_algorithm(run.algorithm).make(run, spec)
+    carry = jax.jit(over_seeds(lambda key: Carry(algo.init(key), (), key)))(raw_keys([0]))
+    update, publish = learner_update(algo), publishable(algo)
+    rollout = concat_segments([flat(dict(segment))])
+    state = {"carry": carry}
 
-        algo = get_algorithm(run.algorithm).make(run, spec)
-        init = jax.jit(over_seeds(lambda key: Carry(algo.init(key), (), key)))
-        carry = init(raw_keys([0]))
-        update, publish = learner_update(algo), publishable(algo)
-        rollout = concat_segments([flat(dict(wide))])
+    def step():
+        state["carry"], metrics = update(state["carry"], rollout)
+        jax.block_until_ready(metrics)
 
-        def step():
-            nonlocal carry
-            carry, metrics = update(carry, rollout)
-            jax.block_until_ready(metrics)
-
-        update_ms = median_us(step, reps) / 1e3
-        publish_ms = median_us(lambda: publish(carry), reps) / 1e3
-        rows.append((wide["env_steps"], update_ms, publish_ms))
-    return rows
+    update_ms = median_us(step, reps) / 1e3
+    publish_ms = median_us(lambda: publish(state["carry"]), reps) / 1e3
+    return segment["env_steps"], update_ms, publish_ms
 
 
 def actor_rates(cases: list[tuple[str, list[str], int]], reps: int) -> list[dict]:
@@ -285,7 +316,7 @@ def actor_rates(cases: list[tuple[str, list[str], int]], reps: int) -> list[dict
     rows = []
     for preset, args, actors in cases:
         segment, actor, params = real_segment(preset, args, actors)
-        seconds = median_us(lambda: actor.sample(params, 0), reps, warmup=1) / 1e6
+        seconds = median_us(functools.partial(actor.sample, params, 0), reps, warmup=1) / 1e6
         rows.append(
             {
                 "preset": preset,

@@ -75,7 +75,7 @@ def ensure_loopback_only() -> None:
     others = [name for name in interfaces() if name != "lo"]
     if not others:
         return
-    command = "ip link set lo up && exec \"$0\" \"$@\""
+    command = 'ip link set lo up && exec "$0" "$@"'
     if os.environ.get(NETNS_MARK) or os.geteuid() != 0 or not shutil.which("unshare"):
         sys.exit(
             f"dist_speed: Ray would see {', '.join(others)}; run in a fresh network namespace:\n"
@@ -91,7 +91,10 @@ def ensure_loopback_only() -> None:
 
 def child(spec: dict) -> None:
     """``--child``: one run of ``spec["preset"]`` with ``spec["args"]``, as `fleetrl train`
-    would do it (one XLA thread for an MLP beside in-process host envs, cli._one_xla_thread_pays)."""
+    would do it (one XLA thread for an MLP beside in-process host envs: see
+    ``fleetrl.cli._one_xla_thread_pays``)."""
+    import dist_ray
+
     from fleetrl import xla_cpu
     from fleetrl.cli import parse_run_config
     from fleetrl.programs import enable_compilation_cache
@@ -100,16 +103,43 @@ def child(spec: dict) -> None:
     run = parse_run_config(spec["preset"], spec["args"], "dist_speed")
     if run.algo.network == "mlp" and run.env.num_workers == 0:
         xla_cpu.use_one_xla_thread()
+        if spec["fix"]:
+            dist_ray.restore_affinity()
+    if spec["fix"] and run.dist.mode != "single":
+        start_ray(run, runtime_env={"worker_process_setup_hook": "dist_ray.patch_affinity"})
     enable_compilation_cache()
     train(run)
 
 
-def train_run(preset: str, args: list[str], timeout: float = 900) -> dict:
-    """A fresh process trains ``preset``; returns its steady rate and dist metrics."""
+def start_ray(run, **options) -> None:
+    """Start the local cluster as `fleetrl.distributed.cluster.Cluster` does (token
+    authentication, no dashboard, 127.0.0.1), with ``options``; fleetrl then uses it."""
+    from fleetrl.distributed.cluster import local_auth_env
+
+    os.environ.update(local_auth_env())
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    cpus = max(os.cpu_count() or 1, int(-(-run.dist.actors * run.dist.actor_cpus // 1)))
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=False,
+        _node_ip_address="127.0.0.1",
+        logging_level="warning",
+        **options,
+    )
+
+
+def train_run(preset: str, args: list[str], fix: bool = False, timeout: float = 900) -> dict:
+    """A fresh process trains ``preset``; returns its steady rate and dist metrics. ``fix``:
+    with the affinity fix (`dist_ray.restore_affinity`) in the learner and every actor."""
     folder = Path(tempfile.mkdtemp(prefix="dist-speed-"))
     run_dir = folder / "run"
-    spec = {"preset": preset, "args": [*args, "--log.run-dir", str(run_dir), "--log.progress", "False"]}
+    args = [*args, "--log.run-dir", str(run_dir), "--log.progress", "False"]
+    spec = {"preset": preset, "args": args, "fix": fix}
     env = {**os.environ, "FLEETRL_CACHE_DIR": "off", "FLEETRL_TRUST_MODULES": "fleetrl.envs.fake"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), env.get("PYTHONPATH")]))
     start = time.time()
     done = subprocess.run(
         [sys.executable, __file__, "--child", json.dumps(spec)],
@@ -124,7 +154,12 @@ def train_run(preset: str, args: list[str], timeout: float = 900) -> dict:
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((run_dir / "summary.json").read_text())
     shutil.rmtree(folder, ignore_errors=True)
-    return {**steady(records), "summary": summary, "process_s": time.time() - start, "records": records}
+    return {
+        **steady(records),
+        "summary": summary,
+        "process_s": time.time() - start,
+        "records": records,
+    }
 
 
 def steady(records: list[dict]) -> dict:
@@ -163,7 +198,7 @@ print(sorted(rates)[2])
 
 def pool_rate(num_envs: int, processes: int = 1) -> float:
     """Random-action env steps/s of an in-process `EnvPool` of ``num_envs`` CartPoles (median
-    of 5 x 1000 steps; section 6's definition); with ``processes`` > 1, that many at once, summed."""
+    of 5 x 1000 steps; section 6's definition); ``processes`` > 1: that many at once, summed."""
     code = POOL_RATE.format(n=num_envs)
     procs = [
         subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
@@ -188,16 +223,20 @@ def part_overhead(args) -> dict:
     payloads = {
         "CartPole 64 x 4 envs": (cartpole, reps),
         "CartPole 64 x 64 envs": (dist_ray.widened(cartpole, 16), reps),
-        "Atari-sized 20 x 8 envs (uint8 4x84x84)": (dist_ray.atari_like(cartpole, 20, 8), reps // 5),
+        "Atari-sized 20 x 8 envs (uint8 4x84x84)": (
+            dist_ray.atari_like(cartpole, 20, 8),
+            reps // 5,
+        ),
     }
     cluster = Cluster(DistConfig(mode="sync", actors=2), 2)
     ray = cluster.ray
     try:
         params_ref = ray.put(dist_ray.params_sizes()["mlp 64-64"])
         segments = [
-            dist_ray.segment_costs(ray, name, seg, params_ref, n) for name, (seg, n) in payloads.items()
+            dist_ray.segment_costs(ray, name, seg, params_ref, n)
+            for name, (seg, n) in payloads.items()
         ]
-        for row, (segment, n) in zip(segments, payloads.values()):
+        for row, (segment, n) in zip(segments, payloads.values(), strict=True):
             row["concat_2"] = dist_ray.concat_us(segment, 2, n)
         broadcast = dist_ray.broadcast_costs(ray, reps)
         waits = dist_ray.wait_us(ray, (2, 8, 32, 128), reps)
@@ -212,7 +251,7 @@ def part_overhead(args) -> dict:
             ("impala-cartpole-gym", [], 2),
             (CHEAP[1], CHEAP[2], 1),
             (CHEAP[1], CHEAP[2], 8),
-            (COSTLY[1], COSTLY[2], 8),
+            (COSTLY[1], COSTLY[2], 1),
         ],
         10,
     )
@@ -233,37 +272,52 @@ def print_overhead(result: dict) -> None:
     for row in result["broadcast"]:
         print(
             f"| {row['params']} | {row['bytes']:,} B | put {row['put']:,.0f} | actor fetch "
-            f"{row['actor_fetch']:,.0f} | passed by value instead: +{row['call_by_value_extra']:,.0f} |"
+            f"{row['actor_fetch']:,.0f} | passed by value instead: "
+            f"+{row['call_by_value_extra']:,.0f} |"
         )
-    print("\n## ray.wait, one wake, K outstanding (us): " + ", ".join(f"K={k}: {v:,.0f}" for k, v in result["wait"].items()))
+    print(
+        "\n## ray.wait, one wake, K outstanding (us): "
+        + ", ".join(f"K={k}: {v:,.0f}" for k, v in result["wait"].items())
+    )
     print("\n## Learner update and publish (ms) by batch env steps")
     for name, rows in result["learner"].items():
         for steps, update, publish in rows:
             print(f"| {name} | {steps:,} | update {update:.2f} | publish {publish:.2f} |")
     print("\n## One actor sampling alone (this process)")
     for row in result["actors"]:
-        print(f"| {row['preset']} | {row['envs']} envs | {row['steps']} steps | {row['sample_ms']:.1f} ms | {row['steps_per_s']:,.0f} steps/s |")
+        print(
+            f"| {row['preset']} | {row['envs']} envs | {row['steps']} steps | "
+            f"{row['sample_ms']:.1f} ms | {row['steps_per_s']:,.0f} steps/s |"
+        )
 
 
 def part_scaling(args) -> dict:
+    """Per env: single, then sync and async at 1, 2, 4, 8 actors (as shipped, and with the
+    affinity fix when ``--fix both``); one seed, one run each."""
     tables = {}
     for label, preset, extra in (CHEAP, COSTLY):
         total, log_every = SCALING_STEPS[label]
-        base = [*extra, *QUIET, "--train.total-steps", str(total), "--train.log-every", str(log_every)]
-        base += ["--train.seed", "0"]
-        rows = []
-        cases = [("single", 1, [])]
+        base = [*extra, *QUIET, "--train.total-steps", str(total)]
+        base += ["--train.log-every", str(log_every), "--train.seed", "0"]
+        cases = [("single", 1, [], False)]
         if label == COSTLY[0]:
-            cases.append(("single, 2 pool workers", 1, ["--env.num-workers", "2"]))
-        cases += [(mode, k, []) for mode in ("sync", "async") for k in (1, 2, 4, 8)]
-        for mode, actors, more in cases:
-            dist = [] if mode.startswith("single") else ["--dist.mode", mode, "--dist.actors", str(actors)]
-            result = train_run(preset, [*base, *more, *dist])
+            cases.append(("single, 2 pool workers", 1, ["--env.num-workers", "2"], False))
+        for mode in ("sync", "async"):
+            for actors in (1, 2, 4, 8):
+                dist = ["--dist.mode", mode, "--dist.actors", str(actors)]
+                cases += [(mode, actors, dist, fix) for fix in fixes(args)]
+        rows = []
+        for mode, actors, more, fix in cases:
+            result = train_run(preset, [*base, *more], fix=fix)
             result.pop("records")
-            rows.append({"mode": mode, "actors": actors, **result})
-            print(f"{label} | {mode} | {actors} | {fmt_steady(result)}", flush=True)
+            rows.append({"mode": mode, "actors": actors, "fix": fix, **result})
+            print(f"{label} | {mode} | {actors} | fix {fix} | {fmt_steady(result)}", flush=True)
         tables[label] = rows
     return tables
+
+
+def fixes(args) -> tuple[bool, ...]:
+    return {"off": (False,), "on": (True,), "both": (False, True)}[args.fix]
 
 
 def fmt_steady(r: dict) -> str:
@@ -276,114 +330,152 @@ def fmt_steady(r: dict) -> str:
     return ", ".join(parts)
 
 
+POOLS = {"pool, 8 envs": (8, 1), "pool, 64 envs": (64, 1), "2 pools of 64 envs at once": (64, 2)}
+
+
 def part_overlap(args) -> dict:
-    rows: dict[str, list] = {"pool 8 envs": [], "pool 32 envs": [], "2 pools x 32 envs at once": []}
-    rows |= {label: [] for label, _, _ in OVERLAP}
+    """In turn, ``--rounds`` times: the pools' random-action rates, then each of `OVERLAP`
+    (the async presets also with the affinity fix, when ``--fix both``)."""
+    cases = []
+    for label, preset, extra in OVERLAP:
+        distributed = not label.endswith("(single process)")
+        cases += [(label, preset, extra, fix) for fix in (fixes(args) if distributed else (False,))]
+    rows: dict[str, list] = {label: [] for label in POOLS}
+    rows |= {case_label(label, fix): [] for label, _, _, fix in cases}
     for round_ in range(args.rounds):
-        rows["pool 8 envs"].append(pool_rate(8))
-        rows["pool 32 envs"].append(pool_rate(32))
-        rows["2 pools x 32 envs at once"].append(pool_rate(32, 2))
-        for label, preset, extra in OVERLAP:
-            result = train_run(preset, [*extra, *QUIET, "--train.total-steps", "204800", "--train.seed", str(round_)])
+        for label, (num_envs, processes) in POOLS.items():
+            rows[label].append({"rate": pool_rate(num_envs, processes)})
+        for label, preset, extra, fix in cases:
+            more = [*QUIET, "--train.total-steps", "307200", "--train.seed", str(round_)]
+            result = train_run(preset, [*extra, *more], fix=fix)
             result.pop("records")
-            rows[label].append(result)
-        line = ", ".join(
-            f"{k}: {(v[-1]['rate'] if isinstance(v[-1], dict) else v[-1]):,.0f}" for k, v in rows.items()
-        )
-        print(f"round {round_}: {line}", flush=True)
-    pool = statistics.median(rows["pool 8 envs"])
-    print("\n## Overlap: steady env steps/s, medians of", args.rounds, "rounds")
+            rows[case_label(label, fix)].append(result)
+        rates = ", ".join(f"{k}: {v[-1]['rate']:,.0f}" for k, v in rows.items())
+        print(f"round {round_}: {rates}", flush=True)
+    pool = statistics.median(r["rate"] for r in rows["pool, 8 envs"])
+    print(f"\n## Overlap: steady env steps/s, medians of {args.rounds} rounds")
     for label, values in rows.items():
-        rate = statistics.median(v["rate"] if isinstance(v, dict) else v for v in values)
+        rate = statistics.median(v["rate"] for v in values)
         print(f"| {label} | {rate:,.0f} | {rate / pool:.0%} of the 8-env pool |")
     return rows
 
 
+def case_label(label: str, fix: bool) -> str:
+    return f"{label}, affinity fix" if fix else label
+
+
+SEEDED = ("impala-cartpole-gym", "ppo-vtrace-cartpole-gym")
+
+
 def part_seeds(args) -> dict:
-    rows = []
-    for seed in range(5):
-        result = train_run("impala-cartpole-gym", ["--train.seed", str(seed)])
-        evals = [(r["step"], r["time"], r["eval/episodic_return"]) for r in result["records"] if "eval/episodic_return" in r]
-        first = next(((s, t) for s, t, v in evals if v >= 475), None)
-        summary = result["summary"]
-        rows.append(
-            {
-                "seed": seed,
-                "first_475": first,
-                "status": summary["status"],
-                "env_steps": summary["env_steps"],
-                "process_time": summary["process_time"],
-                "eval_return": summary["eval_returns"],
-                "rate": result["rate"],
-                "evals": evals,
-            }
-        )
-        print(f"seed {seed}: {rows[-1] | {'evals': len(evals)}}", flush=True)
-    return rows
+    """Each `SEEDED` preset as shipped, seeds 0-4, one fresh process each (cold cache)."""
+    out = {}
+    for preset in SEEDED:
+        rows = []
+        for seed in range(5):
+            result = train_run(preset, ["--train.seed", str(seed)])
+            evals = [
+                (r["step"], r["time"], r["eval/episodic_return"])
+                for r in result["records"]
+                if "eval/episodic_return" in r
+            ]
+            summary = result["summary"]
+            rows.append(
+                {
+                    "seed": seed,
+                    "first_475": next(((s, t) for s, t, v in evals if v >= 475), None),
+                    "first_500": next(((s, t) for s, t, v in evals if v >= 500), None),
+                    "status": summary["status"],
+                    "env_steps": summary["env_steps"],
+                    "process_time": summary["process_time"],
+                    "eval_return": summary["eval_returns"],
+                    "rate": result["rate"],
+                    "first_call_s": result["first_call_s"],
+                }
+            )
+            print(f"{preset} seed {seed}: {rows[-1]}", flush=True)
+        out[preset] = rows
+    return out
 
 
 # ---- projection ------------------------------------------------------------------------------
 
-NODE_ACTORS = 16  # actors (cores) per node
+NODE_ACTORS = 16  # actors (one core each) per node
 LINK_BYTES_S = 1.25e9  # 10 Gbit/s per node
 LINK_LATENCY_S = 200e-6  # per object transfer between nodes
 
 
 def project(overhead: dict, counts=(8, 32, 128)) -> list[dict]:
-    """IMPALA at K actors, each with impala-cartpole-gym's share (32 envs x 20 steps), one
-    learner update per K segments (as `fleetrl.distributed.calls` does): the rate is the
-    smaller of what the actors make and what the learner's one process can take in."""
-    actor = next(r for r in overhead["actors"] if r["preset"] == "impala-cartpole-gym")
+    """IMPALA at K actors (one core each, 16 a node), one learner update per K segments as
+    `fleetrl.distributed.calls` does: the rate is the least of what the actors make, what the
+    learner's one process takes in (update + Ray's cost per segment + publish), and what its
+    node's link carries. Two envs: CartPole (impala-cartpole-gym's share per actor) and the
+    ~1 ms/step env (8 envs x 64 steps per actor)."""
     learner = overhead["learner"]["impala-cartpole-gym"]
-    (b0, u0, p0), (b1, u1, _) = learner[0], learner[-1]
-    slope = (u1 - u0) / (b1 - b0)  # ms per env step of batch
+    (b0, u0, publish_ms), (b1, u1, _) = learner[0], learner[-1]
+    slope = (u1 - u0) / (b1 - b0)  # update ms per env step of batch, beyond b0
     seg = next(r for r in overhead["segments"] if r["payload"].startswith("CartPole 64 x 64"))
     per_segment_s = (seg["learner_get"] + seg["submit"] + seg["concat_2"] / 2) / 1e6
     params = next(r for r in overhead["broadcast"] if r["params"] == "mlp 64-64")
-    waits = overhead["wait"]
+    envs = {
+        "CartPole": next(r for r in overhead["actors"] if r["preset"] == "impala-cartpole-gym"),
+        f"{BURN_US} us/step env": next(r for r in overhead["actors"] if r["envs"] == 8),
+    }
     rows = []
-    for k in counts:
-        batch = k * actor["steps"]
-        update_s = (u0 + slope * (batch - b0)) / 1e3
-        wait_s = k * _interpolate(waits, k) / 1e6  # at worst one wake per segment
-        nodes = -(-k // NODE_ACTORS)
-        broadcast_s = params["put"] / 1e6 + nodes * (params["bytes"] / LINK_BYTES_S) + LINK_LATENCY_S
-        learner_s = update_s + p0 / 1e3 + k * per_segment_s + wait_s + params["put"] / 1e6
-        produce = k * actor["steps_per_s"]
-        take = batch / learner_s
-        segment_bytes = seg["bytes"] / seg["steps"] * batch
-        link = LINK_BYTES_S / (segment_bytes / batch)
-        rows.append(
-            {
+    for env, actor in envs.items():
+        for k in counts:
+            batch = k * actor["steps"]
+            update_s = (u0 + slope * (batch - b0)) / 1e3
+            ray_s = k * (per_segment_s + _interpolate(overhead["wait"], k) / 1e6)
+            learner_s = update_s + ray_s + publish_ms / 1e3 + params["put"] / 1e6
+            nodes = -(-k // NODE_ACTORS)
+            link = LINK_BYTES_S * seg["steps"] / seg["bytes"]
+            row = {
+                "env": env,
                 "actors": k,
                 "nodes": nodes,
                 "batch": batch,
-                "actors_make": produce,
-                "learner_takes": take,
+                "actors_make": k * actor["steps_per_s"],
+                "learner_takes": batch / learner_s,
                 "link_takes": link,
-                "projected": min(produce, take, link),
                 "update_ms": update_s * 1e3,
-                "overhead_ms": (k * per_segment_s + wait_s) * 1e3,
-                "broadcast_ms": broadcast_s * 1e3,
+                "ray_ms": ray_s * 1e3,
+                "broadcast_ms": (
+                    params["put"] / 1e6 + nodes * params["bytes"] / LINK_BYTES_S + LINK_LATENCY_S
+                )
+                * 1e3,
             }
-        )
-    print("\n## Projection: IMPALA, 32 CartPoles x 20 steps per actor (a core each)")
+            row["projected"] = min(row["actors_make"], row["learner_takes"], row["link_takes"])
+            rows.append(row)
+    atari = next(r for r in overhead["segments"] if r["payload"].startswith("Atari"))
+    atari_segment_s = (atari["learner_get"] + atari["submit"] + atari["concat_2"] / 2) / 1e6
+    transport = {
+        "ray_ceiling": atari["steps"] / atari_segment_s,
+        "link_ceiling": LINK_BYTES_S * atari["steps"] / atari["bytes"],
+    }
+    print("\n## Projection: IMPALA, one learner process (update as measured here, one core)")
     for r in rows:
         print(
-            f"| {r['actors']} actors, {r['nodes']} nodes | batch {r['batch']:,} | actors make "
-            f"{r['actors_make']:,.0f} | learner takes {r['learner_takes']:,.0f} (update "
-            f"{r['update_ms']:.1f} ms + Ray {r['overhead_ms']:.1f} ms) | link {r['link_takes']:,.0f} "
-            f"| broadcast {r['broadcast_ms']:.2f} ms | **{r['projected']:,.0f}** |"
+            f"| {r['env']} | {r['actors']} actors, {r['nodes']} nodes | batch {r['batch']:,} | "
+            f"actors make {r['actors_make']:,.0f} | learner takes {r['learner_takes']:,.0f} "
+            f"(update {r['update_ms']:.1f} ms + Ray {r['ray_ms']:.1f} ms per batch) | "
+            f"broadcast {r['broadcast_ms']:.2f} ms | **{r['projected']:,.0f}** |"
         )
-    return rows
+    print(
+        f"Atari-sized segments (uint8 obs and next_obs): the learner's Ray cost alone caps it at "
+        f"{transport['ray_ceiling']:,.0f} env steps/s, a 10 Gbit/s link at "
+        f"{transport['link_ceiling']:,.0f}"
+    )
+    return {"rows": rows, "atari": transport}
 
 
 def _interpolate(table: dict, k: int) -> float:
-    keys = sorted(int(x) for x in table)
-    lower = max([x for x in keys if x <= k], default=keys[0])
-    upper = min([x for x in keys if x >= k], default=keys[-1])
-    lo, hi = table.get(lower, table.get(str(lower))), table.get(upper, table.get(str(upper)))
-    return lo if upper == lower else lo + (hi - lo) * (k - lower) / (upper - lower)
+    points = sorted((int(x), y) for x, y in table.items())
+    lower = [p for p in points if p[0] <= k][-1] if points[0][0] <= k else points[0]
+    upper = next((p for p in points if p[0] >= k), points[-1])
+    if upper[0] == lower[0]:
+        return lower[1]
+    return lower[1] + (upper[1] - lower[1]) * (k - lower[0]) / (upper[0] - lower[0])
 
 
 # ---- main ------------------------------------------------------------------------------------
@@ -391,13 +483,22 @@ def _interpolate(table: dict, k: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", default="all", choices=["all", "overhead", "scaling", "overlap", "seeds"])
+    parser.add_argument(
+        "--part", default="all", choices=["all", "overhead", "scaling", "overlap", "seeds"]
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=300)
+    parser.add_argument(
+        "--fix",
+        default="both",
+        choices=["off", "on", "both"],
+        help="distributed runs as shipped (off), with the affinity fix (on), or both",
+    )
     parser.add_argument("--out", default="dist_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        sys.path.insert(0, str(HERE))
         child(json.loads(args.child))
         return
     ensure_loopback_only()

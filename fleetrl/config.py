@@ -210,7 +210,8 @@ class DistConfig:
     local one (dashboard off, token authentication on)."""
     max_policy_lag: int = 4
     """async: a segment acted with parameters this many versions older than the learner's is
-    dropped (and counted: ``dist/dropped_segments``)."""
+    dropped (and counted: ``dist/dropped_segments``). Not for Ape-X, whose replay is
+    off-policy by design (its lag is still logged)."""
     max_restarts: int = 8
     """Actor restarts allowed over the run (a dead or hung actor is replaced); 0: a dead actor
     stops the run with an error."""

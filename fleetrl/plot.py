@@ -102,7 +102,10 @@ def read_config(run_dir: str | Path) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         raise PlotError(f"{path}: expected a mapping, got {type(data).__name__}")
     flat = {"preset": data.get("preset"), "algorithm": data.get("algorithm")}
-    data = {**data, "dist": {**dataclasses.asdict(DistConfig()), **(data.get("dist") or {})}}
+    dist = data.get("dist") or {}
+    if not isinstance(dist, dict):
+        raise PlotError(f"{path}: dist: expected a mapping, got {type(dist).__name__}")
+    data = {**data, "dist": {**dataclasses.asdict(DistConfig()), **dist}}
     for section in ("env", "train", "algo", "log", "dist"):
         flat |= {f"{section}.{key}": value for key, value in (data.get(section) or {}).items()}
     return flat
