@@ -2,7 +2,8 @@
 rate scales with actors, whether asynchronous actors overlap learning with stepping, and a
 projection to a cluster. docs/BENCHMARKS.md, section 16.
 
-    python benchmarks/dist_speed.py [--part all|overhead|scaling|overlap|seeds] [--rounds 3]
+    python benchmarks/dist_speed.py [--part all|overhead,scaling,overlap,seeds] [--rounds 3]
+        [--fix off,on,actors] [--out dist_speed.json]
 
 Parts:
 - overhead: Ray's cost per segment and per parameter broadcast (`dist_ray`), the learner's
@@ -103,7 +104,7 @@ def child(spec: dict) -> None:
     run = parse_run_config(spec["preset"], spec["args"], "dist_speed")
     if run.algo.network == "mlp" and run.env.num_workers == 0:
         xla_cpu.use_one_xla_thread()
-        if spec["fix"]:
+        if spec["fix"] is True:  # "actors": in the actors only
             dist_ray.restore_affinity()
     if spec["fix"] and run.dist.mode != "single":
         start_ray(run, runtime_env={"worker_process_setup_hook": "dist_ray.patch_affinity"})
@@ -131,9 +132,10 @@ def start_ray(run, **options) -> None:
     )
 
 
-def train_run(preset: str, args: list[str], fix: bool = False, timeout: float = 900) -> dict:
+def train_run(preset: str, args: list[str], fix=False, timeout: float = 900) -> dict:
     """A fresh process trains ``preset``; returns its steady rate and dist metrics. ``fix``:
-    with the affinity fix (`dist_ray.restore_affinity`) in the learner and every actor."""
+    True, the affinity fix (`dist_ray.restore_affinity`) in the learner and every actor;
+    "actors", in the actors only."""
     folder = Path(tempfile.mkdtemp(prefix="dist-speed-"))
     run_dir = folder / "run"
     args = [*args, "--log.run-dir", str(run_dir), "--log.progress", "False"]
@@ -292,8 +294,8 @@ def print_overhead(result: dict) -> None:
 
 
 def part_scaling(args) -> dict:
-    """Per env: single, then sync and async at 1, 2, 4, 8 actors (as shipped, and with the
-    affinity fix when ``--fix both``); one seed, one run each."""
+    """Per env: single, then sync and async at 1, 2, 4, 8 actors in each variant of
+    ``--fix``; one seed, one run each."""
     tables = {}
     for label, preset, extra in (CHEAP, COSTLY):
         total, log_every = SCALING_STEPS[label]
@@ -316,8 +318,13 @@ def part_scaling(args) -> dict:
     return tables
 
 
-def fixes(args) -> tuple[bool, ...]:
-    return {"off": (False,), "on": (True,), "both": (False, True)}[args.fix]
+FIXES = {"off": False, "on": True, "actors": "actors"}
+
+
+def fixes(args) -> tuple:
+    """``--fix``'s variants: False (as shipped), True (the affinity fix in the learner and the
+    actors), "actors" (in the actors only)."""
+    return tuple(FIXES[name] for name in args.fix.split(","))
 
 
 def fmt_steady(r: dict) -> str:
@@ -335,7 +342,7 @@ POOLS = {"pool, 8 envs": (8, 1), "pool, 64 envs": (64, 1), "2 pools of 64 envs a
 
 def part_overlap(args) -> dict:
     """In turn, ``--rounds`` times: the pools' random-action rates, then each of `OVERLAP`
-    (the async presets also with the affinity fix, when ``--fix both``)."""
+    (the async presets in each variant of ``--fix``)."""
     cases = []
     for label, preset, extra in OVERLAP:
         distributed = not label.endswith("(single process)")
@@ -360,7 +367,9 @@ def part_overlap(args) -> dict:
     return rows
 
 
-def case_label(label: str, fix: bool) -> str:
+def case_label(label: str, fix) -> str:
+    if fix == "actors":
+        return f"{label}, affinity fix in the actors"
     return f"{label}, affinity fix" if fix else label
 
 
@@ -484,15 +493,15 @@ def _interpolate(table: dict, k: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--part", default="all", choices=["all", "overhead", "scaling", "overlap", "seeds"]
+        "--part", default="all", help="all, or comma-separated: overhead,scaling,overlap,seeds"
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reps", type=int, default=300)
     parser.add_argument(
         "--fix",
-        default="both",
-        choices=["off", "on", "both"],
-        help="distributed runs as shipped (off), with the affinity fix (on), or both",
+        default="off,on",
+        help="comma-separated: distributed runs as shipped (off), with the affinity fix in the "
+        "learner and the actors (on), in the actors only (actors)",
     )
     parser.add_argument("--out", default="dist_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
@@ -504,7 +513,9 @@ def main() -> None:
     ensure_loopback_only()
     sys.path.insert(0, str(HERE))
     print(f"load average before: {os.getloadavg()}", flush=True)
-    parts = ["overhead", "scaling", "overlap", "seeds"] if args.part == "all" else [args.part]
+    parts = (
+        ["overhead", "scaling", "overlap", "seeds"] if args.part == "all" else args.part.split(",")
+    )
     out = {"load_before": os.getloadavg()}
     for part in parts:
         out[part] = globals()[f"part_{part}"](args)

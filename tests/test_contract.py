@@ -75,7 +75,8 @@ def _base_preset(name: str) -> str:
     there is one: the fake envs' vector observations fit no conv torso (pqn-breakout-minatar
     sorts before pqn-cartpole)."""
     runs = [(p, load_preset(p)) for p in preset_names()]
-    ours = [(p, run) for p, run in runs if run.algorithm == name]
+    # single-process presets: a distributed one (apex-cartpole) has its own settings (n-step)
+    ours = [(p, run) for p, run in runs if run.algorithm == name and run.dist.mode == "single"]
     assert ours, f"no preset ships algorithm {name}"
     mlp = [p for p, run in ours if getattr(run.algo, "network", "mlp") == "mlp"]
     return (mlp or [p for p, _ in ours])[0]

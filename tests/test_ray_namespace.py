@@ -58,10 +58,12 @@ def run_inside(marker: str, timeout: float) -> None:
     print(output[-2000:])
 
 
+@pytest.mark.timeout(960)
 def test_ray_tests_in_a_network_namespace():
     run_inside("ray and not slow", timeout=900)
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2500)
 def test_ray_learning_tests_in_a_network_namespace():
     run_inside("ray and slow", timeout=2400)
