@@ -8,6 +8,9 @@ the learner's ``ray.get`` of a finished segment costs. Per update, ``ray.put`` o
 parameters. Per wake of the learner, ``ray.wait`` over K outstanding segments. Then the learner
 update and the actor's sampling, both in this process, for the projection. Medians of many
 repetitions; every figure in microseconds unless its name says otherwise.
+
+Also the affinity fix that ``dist_speed.py --fix`` applies without editing fleetrl
+(`restore_affinity`; `patch_affinity`, a Ray worker setup hook).
 """
 
 from __future__ import annotations

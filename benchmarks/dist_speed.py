@@ -102,9 +102,9 @@ def child(spec: dict) -> None:
     from fleetrl.train import train
 
     run = parse_run_config(spec["preset"], spec["args"], "dist_speed")
-    if run.algo.network == "mlp" and run.env.num_workers == 0:
+    if getattr(run.algo, "network", "mlp") == "mlp" and run.env.num_workers == 0:
         xla_cpu.use_one_xla_thread()
-        if spec["fix"] is True:  # "actors": in the actors only
+        if spec["fix"] is True:  # not with "actors": the fix in the actors only
             dist_ray.restore_affinity()
     if spec["fix"] and run.dist.mode != "single":
         start_ray(run, runtime_env={"worker_process_setup_hook": "dist_ray.patch_affinity"})
