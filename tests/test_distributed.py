@@ -249,6 +249,7 @@ def test_apex_actors_feed_the_replay_and_the_learner_sends_priorities(cluster, t
     assert evaluate_run(result.run_dir, episodes=2).returns.shape == (1, 2)  # no replay in it
 
 
+@pytest.mark.slow  # keeps the default suite under 15 min on 2 cores
 def test_impala_runs_async_and_measures_its_rho(cluster, tmp_path):
     result = train(dist_run(tmp_path, preset="impala-cartpole", total=8192, mode="async"))
     assert result.status == "completed"
@@ -309,6 +310,7 @@ def test_sync_matches_single_process_statistically(cluster, tmp_path):
     assert min(a.mean(), b.mean()) >= 400, finals
 
 
+@pytest.mark.slow  # keeps the default suite under 15 min on 2 cores
 def test_the_cli_joins_a_running_cluster_by_address(cluster, tmp_path):
     command = [
         sys.executable, "-m", "fleetrl", "train", "ppo-cartpole", "--dist.mode", "sync",

@@ -49,6 +49,11 @@ SLOW_SMOKE = {
     "sac-humanoid",
     "td3-halfcheetah",
     "td3-walker2d",
+    # distributed presets smoke-run in one process here; tests/test_distributed.py runs them
+    # on Ray (their algorithms smoke-run through impala-cartpole and dqn-cartpole)
+    "apex-cartpole",
+    "impala-cartpole-gym",
+    "ppo-vtrace-cartpole-gym",
 }
 
 
