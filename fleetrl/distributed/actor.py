@@ -62,9 +62,13 @@ class SegmentActor:
         incarnation: int,
         epsilon: float | None = None,
         replay: Any = None,
+        trusted: tuple[str, ...] = (),
     ):
         from fleetrl import envs, xla_cpu
         from fleetrl.config import config_from_dict, load_yaml
+        from fleetrl.envs.trust import trust_modules
+
+        trust_modules(*trusted)  # the modules the learner's user trusted, for `module:Class` ids
 
         run = config_from_dict(load_yaml(config_yaml, "the learner's config"), "dist actor")
         if getattr(run.algo, "network", "mlp") == "mlp":

@@ -59,8 +59,15 @@ class ActorPool:
 
     def _create(self, index: int, incarnation: int):
         self.fresh.add(index)
+        from fleetrl.envs.trust import trusted_modules
+
         return self.remote_class.remote(
-            self.config_yaml, index, self.dist.actors, incarnation, **self.options(index)
+            self.config_yaml,
+            index,
+            self.dist.actors,
+            incarnation,
+            trusted=sorted(trusted_modules()),  # `--trust-module`, `--env.id module:Class`
+            **self.options(index),
         )
 
     def publish(self, actor_params) -> None:
