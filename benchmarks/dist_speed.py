@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import host_ppo_cartpole  # noqa: E402 (a sibling: benchmarks/ is on sys.path when run)
+
 HERE = Path(__file__).resolve().parent
 NETNS_MARK = "FLEETRL_BENCH_NETNS"
 FAKE_ENV = "fleetrl.envs.fake:FaultyEnv"
@@ -181,21 +183,8 @@ def steady(records: list[dict]) -> dict:
 
 # ---- pool rates ------------------------------------------------------------------------------
 
-POOL_RATE = """
-import time, numpy as np
-from fleetrl.envs.pool import EnvPool
-pool = EnvPool.from_id("CartPole-v1", {n}, 0, seed=0)
-pool.reset()
-actions = np.random.default_rng(0).integers(0, 2, size=(1000, {n}))
-rates = []
-for _ in range(5):
-    start = time.perf_counter()
-    for a in actions:
-        pool.step(a)
-    rates.append(1000 * {n} / (time.perf_counter() - start))
-pool.close()
-print(sorted(rates)[2])
-"""
+# section 6's random-action rate: host_ppo_cartpole.py's measurement, in-process (0 workers)
+POOL_RATE = host_ppo_cartpole.RANDOM_RATE.replace("{w}", "0")
 
 
 def pool_rate(num_envs: int, processes: int = 1) -> float:
